@@ -1,0 +1,4 @@
+"""hybrids.datasets: file formats, dataset layouts and simulators.
+
+Never imports ``hybrids.apps``.
+"""

@@ -1,0 +1,4 @@
+"""hybrids.evaluation: metrics, benchmark runners and report rendering.
+
+Never imports ``hybrids.apps``.
+"""

@@ -1,0 +1,1 @@
+"""Attention kernels: the SDPA dispatcher (fast path beside an explicit reference)."""

@@ -1,0 +1,52 @@
+"""Shared fixtures and markers.
+
+- ``slow`` tests (full-size configs, > 10 s) and ``gpu`` tests are excluded by default
+  (pyproject addopts); ``gpu`` tests are also skipped when CUDA is absent.
+- ``shared_data`` points at the project's real test data (``../shared/data`` from the repository
+  root, or ``$HYBRIDS_SHARED_DATA``); tests that need it skip with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("HYBRIDS_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real test data not found at {path} (set HYBRIDS_SHARED_DATA to its folder)")
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; none is available on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never touch the user's weights cache or the network: point the cache at a temp dir."""
+    monkeypatch.setenv("HYBRIDS_CACHE", str(tmp_path_factory.mktemp("hybrids-cache")))
+    monkeypatch.setenv("HYBRIDS_OFFLINE", "1")
