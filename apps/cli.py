@@ -1,0 +1,150 @@
+"""The ``hybrids`` command line: ``hybrids [-v|-q] <command> ...``.
+
+Core commands live here (``models``); each app adds its own group (``hybrids music ...``) from
+``hybrids/apps/<app>/cli.py``, which defines ``add_parser(subparsers)`` and keeps heavy imports
+(torch, models) inside its handlers so ``hybrids --help`` stays fast.
+
+Exit codes: 0 success; 2 usage or input error (one line on stderr); 1 unexpected failure
+(a bug: the traceback is printed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from hybrids.apps import __version__
+from hybrids.apps.core.errors import HybridsError
+
+logger = logging.getLogger("hybrids.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrids",
+        description="Hybrid CNN / transformer / state-space model pipelines: "
+        "music separation, medical segmentation, DNA language models and more.",
+    )
+    parser.add_argument("--version", action="version", version=f"hybrids {__version__}")
+    _add_verbosity(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    models = commands.add_parser(
+        "models",
+        help="list the registered models",
+        description="List registered models: name, parameter count (of the model the name "
+        "stands for, counted without allocating memory) and whether official weights exist.",
+    )
+    models.add_argument("--app", help="only this app's models (e.g. music)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=_cmd_models)
+
+    from hybrids.apps.core.registry import available_apps
+
+    for app in available_apps():
+        try:
+            module = importlib.import_module(f"hybrids.apps.{app}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"hybrids.apps.{app}.cli":
+                continue  # an app without commands of its own
+            raise
+        module.add_parser(commands)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    group.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors, no bars")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from hybrids.apps.core.registry import count_parameters, get_model_entry, list_models
+
+    rows = []
+    for name in list_models(args.app):
+        entry = get_model_entry(name)
+        try:
+            params: int | None = count_parameters(name)
+        except Exception as exc:  # a broken model must not hide the others
+            logger.warning("%s: could not count parameters (%s)", name, exc)
+            params = None
+        rows.append(
+            {
+                "name": name,
+                "parameters": params,
+                "official_weights": bool(entry.weights),
+                "presets": entry.config_cls.preset_names(),
+                "description": entry.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        where = f" for app {args.app!r}" if args.app else ""
+        print(f"no models registered{where}")
+        return 0
+    header = ("MODEL", "PARAMS", "WEIGHTS", "PRESETS", "DESCRIPTION")
+    table = [
+        (
+            r["name"],
+            _human_count(r["parameters"]),
+            "official" if r["official_weights"] else "-",
+            ",".join(r["presets"]),
+            r["description"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header) - 1)]
+    for row in [header, *table]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _human_count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI in-process; returns the exit code (never calls ``sys.exit`` itself)."""
+    from hybrids.apps.core.progress import configure_logging
+
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # --help, --version and usage errors
+            return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+        configure_logging(args.verbose - args.quiet)
+        return int(args.func(args) or 0)
+    except HybridsError as error:
+        print(f"hybrids: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hybrids: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `hybrids models | head`
+        return 0
+    except Exception:
+        traceback.print_exc()
+        print(
+            "hybrids: unexpected failure (this is a bug; please report it with the traceback above)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
