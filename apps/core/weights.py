@@ -375,6 +375,10 @@ def load_weights_into(
             raise WeightsError(f"{entry.name} has no official weights; pass a checkpoint path instead")
         spec = entry.weights[0]
     path, weights_entry = resolve_weights(spec, search_dirs=search_dirs)
+    if weights_entry is None and entry.weights and path.is_file() and sniff_format(path).startswith("torch"):
+        # A third-party pickle under a name of the user's (e.g. a fine-tuned demucs file): read it
+        # the way the model's official file is read (same allow-list and layout), without the hash.
+        weights_entry = _WEIGHTS.get(entry.weights[0])
     state_dict = load_state_dict(path, weights_entry)
     load_into(model, state_dict, path)
     if weights_entry is not None:

@@ -203,3 +203,20 @@ def test_create_model_with_official_weights_and_mismatch(fake_apps, entry_factor
         create_model("testapp/net", weights="official", preset="tiny")
     with pytest.raises(WeightsError, match="has no official weights"):
         create_model("testapp/net_tiny", weights="official")
+
+
+def test_user_pickle_is_read_with_the_models_official_reader(fake_apps, entry_factory, tmp_path):
+    source = create_model("testapp/net")
+    package = tmp_path / "official.pt"
+    torch.save({"state": source.state_dict(), "note": "wrapped"}, package)
+    entry_factory(
+        name="testapp/net-v1",
+        data=package.read_bytes(),
+        filename="net-v1-abcdef01.pt",
+        to_state_dict=lambda loaded: loaded["state"],
+    )
+    finetuned = tmp_path / "my-finetuned.pt"  # not the official name: no hash check, same layout
+    torch.save({"state": source.state_dict(), "note": "fine-tuned"}, finetuned)
+    model = create_model("testapp/net", weights=finetuned)
+    x = torch.randn(4, 3)
+    assert torch.equal(model(x), source(x))

@@ -1,0 +1,998 @@
+"""Hybrid Transformer Demucs (HT Demucs), numerically equivalent to Meta's ``demucs`` 4.1.0.
+
+Rouard, Massa, Défossez, "Hybrid Transformers for Music Source Separation", ICASSP 2023
+(arXiv:2211.08553), built on Hybrid Demucs (Défossez, ISMIR MDX workshop 2021, arXiv:2111.03600).
+
+The model is a dual U-Net (paper Fig. 1):
+
+- a **spectral branch**: STFT of the mix with complex-as-channels (CaC, Choi et al. 2020), i.e. the
+  real and imaginary parts of every audio channel become two input channels; ``depth`` encoder
+  layers convolve along frequency only (stride 4), each followed by a residual DConv branch that
+  mixes information along time; a learnt frequency embedding is added after the first layer;
+- a **temporal branch**: the same encoder layers as 1-D convolutions over the waveform;
+- a **cross-domain transformer encoder** (paper section "Architecture") between the two encoders and decoders:
+  layers alternate self-attention within each domain and cross-attention from one domain to the
+  other; each uses pre-norm, layer scale (Touvron et al. 2021), a GELU feed-forward and a final
+  group norm; the spectral tokens get a 2-D sinusoidal embedding, the temporal ones a 1-D one;
+- mirrored **decoders** with skip connections; the spectral output is turned back into a
+  waveform with the inverse STFT and the two branches are summed.
+
+Parameter names follow demucs exactly, so ``demucs.htdemucs.HTDemucs.state_dict()`` (and the
+official ``.th`` packages, see ``weights.py``) load with ``strict=True``.
+
+Shapes: ``forward(mix (b, audio_channels, samples)) -> (b, sources, audio_channels, samples)``.
+In eval mode, as in demucs, an input shorter than the training segment is zero-padded to it and
+the output trimmed back; a longer one must be split into segments by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrids.apps.core.config import ModelConfig
+from hybrids.apps.core.errors import InputError
+from hybrids.kernels.attention.sdpa import attention
+from hybrids.shared_blocks.positional import sinusoidal_embedding_1d, sinusoidal_embedding_2d
+from hybrids.shared_blocks.transformer import LayerScale
+
+__all__ = [
+    "SOURCES_4",
+    "SOURCES_6",
+    "CrossDomainTransformer",
+    "DConv",
+    "DecoderLayer",
+    "EncoderLayer",
+    "HTDemucs",
+    "HTDemucsConfig",
+    "Level",
+    "istft",
+    "plan_levels",
+    "stft",
+]
+
+SOURCES_4 = ("drums", "bass", "other", "vocals")
+SOURCES_6 = ("drums", "bass", "other", "vocals", "guitar", "piano")
+
+# demucs HTDemucs kwargs we do not implement, with the (inert) values the released models use.
+_UNSUPPORTED_DEMUCS_KWARGS: dict[str, Any] = {
+    "wiener_iters": 0,
+    "end_iters": 0,
+    "wiener_residual": False,
+    "multi_freqs": None,
+    "t_emb": "sin",
+    "t_sin_random_shift": 0,
+    "t_sparse_self_attn": False,
+    "t_sparse_cross_attn": False,
+    "t_auto_sparsity": False,
+}
+# demucs kwargs that change nothing at inference or in the parameters (training-only settings).
+_IGNORED_DEMUCS_KWARGS = {
+    "t_max_positions",  # only for t_emb="scaled"
+    "t_cape_mean_normalize",
+    "t_cape_augment",
+    "t_cape_glob_loc_scale",
+    "t_mask_type",
+    "t_mask_random_seed",
+    "t_sparse_attn_window",
+    "t_global_window",
+    "t_sparsity",
+    "t_weight_decay",
+    "t_lr",
+    "multi_freqs_depth",
+}
+
+
+@dataclass
+class HTDemucsConfig(ModelConfig):
+    """Hyper-parameters of HT Demucs; field names are demucs's ``HTDemucs`` kwargs.
+
+    Defaults are the released ``htdemucs`` model (package ``955717e8``: 41,984,456 parameters).
+    ``segment`` is the training segment in seconds, either an exact fraction ``(num, den)`` (the
+    released models use 39/5 s) or a float. Groups fields (``t_norm_in_group``, ``t_group_norm``,
+    ``t_norm_out``) are numbers of groups, 0 = off; demucs passes booleans (True = 1 group).
+    """
+
+    # Data
+    sources: tuple[str, ...] = SOURCES_4
+    audio_channels: int = 2
+    samplerate: int = 44100
+    segment: tuple[int, int] | float = (39, 5)
+    use_train_segment: bool = True
+    # Channels
+    channels: int = 48
+    channels_time: int | None = None
+    growth: int = 2
+    # STFT
+    nfft: int = 4096
+    cac: bool = True
+    # Main structure
+    depth: int = 4
+    rewrite: bool = True
+    # Frequency branch
+    freq_emb: float = 0.2
+    emb_scale: float = 10.0
+    emb_smooth: bool = True
+    # Convolutions
+    kernel_size: int = 8
+    time_stride: int = 2
+    stride: int = 4
+    context: int = 1
+    context_enc: int = 0
+    # Normalisation
+    norm_starts: int = 4
+    norm_groups: int = 4
+    # DConv residual branch
+    dconv_mode: int = 3
+    dconv_depth: int = 2
+    dconv_comp: float = 8.0
+    dconv_init: float = 1e-3
+    # Before the transformer
+    bottom_channels: int = 512
+    # Cross-domain transformer
+    t_layers: int = 5
+    t_hidden_scale: float = 4.0
+    t_heads: int = 8
+    t_dropout: float = 0.02
+    t_norm_in: bool = True
+    t_norm_in_group: int = 0
+    t_group_norm: int = 0
+    t_norm_first: bool = True
+    t_norm_out: int = 1
+    t_max_period: float = 10000.0
+    t_layer_scale: bool = True
+    t_gelu: bool = True
+    t_weight_pos_embed: float = 1.0
+    t_cross_first: bool = False
+    # Weight init
+    rescale: float = 0.1
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "htdemucs": {},
+        # No bottom_channels: 27,414,996 parameters, which fits the released file's size (54,996,327
+        # bytes of float16); its kwargs are not published outside the file.
+        "htdemucs_6s": {"sources": SOURCES_6, "bottom_channels": 0},
+        # ~160k parameters; 1 s of stereo audio at 44.1 kHz in well under a second on one CPU core.
+        "tiny": {
+            "segment": (1, 1),
+            "channels": 8,
+            "nfft": 512,
+            "depth": 3,
+            "norm_starts": 2,
+            "dconv_comp": 4.0,
+            "bottom_channels": 32,
+            "t_layers": 3,
+            "t_heads": 2,
+        },
+    }
+
+    # -- derived quantities --------------------------------------------------------------------
+    @property
+    def segment_seconds(self) -> Fraction | float:
+        """The training segment: a ``Fraction`` when given as ``(num, den)``, else a float."""
+        if isinstance(self.segment, tuple):
+            return Fraction(*self.segment)
+        return self.segment
+
+    @property
+    def segment_length(self) -> int:
+        """Training segment in samples, ``int(segment * samplerate)`` as demucs computes it."""
+        return int(self.segment_seconds * self.samplerate)
+
+    @property
+    def transformer_channels(self) -> int:
+        """Width of the cross-domain transformer (``bottom_channels`` when set)."""
+        return self.bottom_channels or self.channels * self.growth ** (self.depth - 1)
+
+    # -- validation -----------------------------------------------------------------------------
+    def validate(self) -> None:
+        name = type(self).__name__
+        if not self.sources or len(set(self.sources)) != len(self.sources):
+            raise InputError(f"{name}: sources must be non-empty and distinct, got {self.sources}")
+        if isinstance(self.segment, tuple):
+            if len(self.segment) != 2 or not all(isinstance(v, int) and v > 0 for v in self.segment):
+                raise InputError(f"{name}: segment must be (num, den) positive integers, got {self.segment}")
+        elif not (isinstance(self.segment, int | float) and self.segment > 0):
+            raise InputError(f"{name}: segment must be positive, got {self.segment!r}")
+        for field in ("audio_channels", "samplerate", "channels", "depth", "kernel_size", "stride"):
+            if getattr(self, field) < 1:
+                raise InputError(f"{name}: {field} must be >= 1, got {getattr(self, field)}")
+        if not self.cac:
+            raise InputError(
+                f"{name}: only complex-as-channels (cac=True) is implemented, as in every released HT Demucs"
+            )
+        if self.nfft < 8 or self.nfft % 8 != 0:
+            raise InputError(f"{name}: nfft must be a positive multiple of 8, got {self.nfft}")
+        if self.dconv_mode not in (0, 1, 2, 3):
+            raise InputError(f"{name}: dconv_mode must be 0, 1, 2 or 3, got {self.dconv_mode}")
+        levels = plan_levels(self)
+        if self.dconv_mode and self.dconv_depth:
+            narrowest = min(min(lv.out_f, lv.out_t) for lv in levels)
+            if int(narrowest / self.dconv_comp) < 1:
+                raise InputError(
+                    f"{name}: dconv_comp={self.dconv_comp} leaves no hidden channel for a layer of "
+                    f"{narrowest} channels; lower dconv_comp or raise channels"
+                )
+        for lv in levels:
+            if lv.merge and self.stride ** (lv.index + 1) != self.nfft // 4:
+                raise InputError(
+                    f"{name}: the frequency axis collapses at layer {lv.index}, where the time branch "
+                    f"(stride {self.stride ** (lv.index + 1)}) does not match the STFT hop ({self.nfft // 4})"
+                )
+        if self.t_layers > 0:
+            if any(not lv.freq for lv in levels):
+                raise InputError(
+                    f"{name}: depth={self.depth} runs out of frequency bins before the transformer "
+                    f"(nfft={self.nfft}); lower depth or set t_layers=0"
+                )
+            if levels[-1].out_t != levels[-1].out_f:
+                raise InputError(
+                    f"{name}: the transformer needs both branches equally wide at the bottom, got "
+                    f"{levels[-1].out_f} (spectral) and {levels[-1].out_t} (temporal); check channels_time"
+                )
+            dim = self.transformer_channels
+            if dim % 4 != 0 or dim % self.t_heads != 0:
+                raise InputError(
+                    f"{name}: the transformer width {dim} must be a multiple of 4 and of "
+                    f"t_heads={self.t_heads}"
+                )
+
+    # -- demucs interoperability ---------------------------------------------------------------
+    def to_demucs_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments building the same model with ``demucs.htdemucs.HTDemucs``."""
+        kwargs = self.to_dict()
+        kwargs["sources"] = list(self.sources)
+        kwargs["segment"] = self.segment_seconds
+        kwargs["t_norm_out"] = bool(self.t_norm_out) if self.t_norm_out in (0, 1) else self.t_norm_out
+        return kwargs
+
+    @classmethod
+    def from_demucs_kwargs(cls, kwargs: dict[str, Any]) -> HTDemucsConfig:
+        """The config of a demucs ``HTDemucs(**kwargs)`` (e.g. a ``.th`` package's ``kwargs``).
+
+        Settings this implementation lacks (Wiener filtering, multi-band layers, sparse attention,
+        non-sinusoidal embeddings) raise ``InputError`` unless they hold their inert value.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in fields:
+                values[key] = value
+            elif key in _UNSUPPORTED_DEMUCS_KWARGS:
+                inert = _UNSUPPORTED_DEMUCS_KWARGS[key]
+                if value != inert and not (key == "multi_freqs" and not value):
+                    raise InputError(f"demucs HTDemucs: {key}={value!r} is not supported (only {inert!r})")
+            elif key not in _IGNORED_DEMUCS_KWARGS:
+                raise InputError(f"demucs HTDemucs: unknown keyword argument {key!r}")
+        if "sources" in values:
+            values["sources"] = tuple(values["sources"])
+        segment = values.get("segment")
+        if isinstance(segment, Fraction):
+            values["segment"] = (segment.numerator, segment.denominator)
+        elif isinstance(segment, int) and not isinstance(segment, bool):
+            values["segment"] = (segment, 1)
+        for key in ("t_norm_in_group", "t_group_norm", "t_norm_out"):
+            if key in values:
+                values[key] = int(values[key])
+        return cls.from_dict(values)
+
+
+@dataclass(frozen=True)
+class Level:
+    """Shapes of one encoder/decoder level, as demucs lays them out (index 0 is outermost).
+
+    ``freq``: a spectral (2-D, stride along frequency) layer, else a time-only layer on the merged
+    branches; ``merge``: the layer collapsing the last frequency bins, where the temporal encoder
+    output is injected into the spectral one (the temporal layers of this level are ``empty``).
+    ``*_f`` are spectral-branch channels, ``*_t`` temporal ones.
+    """
+
+    index: int
+    freq: bool
+    kernel: int
+    stride: int
+    pad: bool
+    merge: bool
+    norm: bool
+    in_f: int
+    out_f: int
+    in_t: int
+    out_t: int
+    dec_out_f: int
+    dec_out_t: int
+    bins_out: int
+
+
+def plan_levels(cfg: HTDemucsConfig) -> list[Level]:
+    """Per-level channels, kernels and strides (demucs ``HTDemucs.__init__``'s loop, made explicit)."""
+    cac = 2 if cfg.cac else 1
+    n_sources = len(cfg.sources)
+    in_t, in_f = cfg.audio_channels, cfg.audio_channels * cac
+    out_t, out_f = cfg.channels_time or cfg.channels, cfg.channels
+    bins = cfg.nfft // 2
+    levels = []
+    for index in range(cfg.depth):
+        freq = bins > 1
+        kernel, stride = (cfg.kernel_size, cfg.stride) if freq else (2 * cfg.time_stride, cfg.time_stride)
+        merge = freq and bins <= cfg.kernel_size
+        if merge:  # one last convolution over all remaining bins; both branches get one width
+            kernel = bins
+            out_f = out_t = max(out_t, out_f)
+        if freq:
+            bins = 1 if bins <= cfg.kernel_size else bins // cfg.stride
+        scale = n_sources if index == 0 else 1
+        levels.append(
+            Level(
+                index=index,
+                freq=freq,
+                kernel=kernel,
+                stride=stride,
+                pad=not merge,
+                merge=merge,
+                norm=index >= cfg.norm_starts,
+                in_f=in_f,
+                out_f=out_f,
+                in_t=in_t,
+                out_t=out_t,
+                dec_out_f=in_f * scale,
+                dec_out_t=in_t * scale,
+                bins_out=bins,
+            )
+        )
+        in_t, in_f = out_t, out_f
+        out_t, out_f = int(cfg.growth * out_t), int(cfg.growth * out_f)
+    return levels
+
+
+# -- signal helpers -----------------------------------------------------------------------------
+def reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
+    """Reflect-pad the last axis, first zero-padding inputs too short to reflect (demucs ``pad1d``)."""
+    length = x.shape[-1]
+    widest = max(left, right)
+    if length <= widest:
+        extra = widest - length + 1
+        extra_right = min(right, extra)
+        extra_left = extra - extra_right
+        x = F.pad(x, (extra_left, extra_right))
+        left, right = left - extra_left, right - extra_right
+    return F.pad(x, (left, right), mode="reflect")
+
+
+def stft(x: Tensor, nfft: int, hop: int) -> Tensor:
+    """Normalised, centred STFT with a Hann window: ``(..., samples) -> (..., nfft // 2 + 1, frames)``."""
+    *lead, length = x.shape
+    window = torch.hann_window(nfft, device=x.device, dtype=x.dtype)
+    z = torch.stft(
+        x.reshape(-1, length),
+        nfft,
+        hop,
+        window=window,
+        win_length=nfft,
+        normalized=True,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    return z.view(*lead, *z.shape[-2:])
+
+
+def istft(z: Tensor, hop: int, length: int) -> Tensor:
+    """Inverse of :func:`stft`: ``(..., bins, frames)`` complex -> ``(..., length)`` real."""
+    *lead, bins, frames = z.shape
+    nfft = 2 * bins - 2
+    window = torch.hann_window(nfft, device=z.device, dtype=z.real.dtype)
+    x = torch.istft(
+        z.reshape(-1, bins, frames),
+        nfft,
+        hop,
+        window=window,
+        win_length=nfft,
+        normalized=True,
+        length=length,
+        center=True,
+    )
+    return x.view(*lead, length)
+
+
+# -- convolutional blocks -----------------------------------------------------------------------
+class ChannelScale(nn.Module):
+    """Layer scale over channels-first tensors: ``(b, c, t) -> scale[c] * x`` (DConv's LayerScale)."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale[:, None] * x
+
+
+class DConv(nn.Module):
+    """Residual branch of dilated 1-D convolutions over time (Hybrid Demucs, Défossez 2021).
+
+    Each of ``depth`` residual steps: ``conv3 (dilation 2^d, channels -> channels/compress)``,
+    ``GroupNorm(1)``, GELU, ``conv1 -> 2 channels``, ``GroupNorm(1)``, GLU, layer scale. A negative
+    ``depth`` disables dilation. ``(n, channels, t) -> (n, channels, t)``.
+    """
+
+    def __init__(self, channels: int, compress: float, depth: int, init: float) -> None:
+        super().__init__()
+        hidden = int(channels / compress)
+        dilate = depth > 0
+        self.layers = nn.ModuleList()
+        for d in range(abs(depth)):
+            dilation = 2**d if dilate else 1
+            self.layers.append(
+                nn.Sequential(  # indices 0..6 are the demucs parameter names
+                    nn.Conv1d(channels, hidden, 3, dilation=dilation, padding=dilation),
+                    nn.GroupNorm(1, hidden),
+                    nn.GELU(),
+                    nn.Conv1d(hidden, 2 * channels, 1),
+                    nn.GroupNorm(1, 2 * channels),
+                    nn.GLU(1),
+                    ChannelScale(channels, init),
+                )
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for step in self.layers:
+            x = x + step(x)
+        return x
+
+
+def _dconv_over_bins(dconv: DConv, y: Tensor) -> Tensor:
+    """Apply a DConv along time to every frequency bin of ``y (b, c, bins, t)`` independently."""
+    b, c, bins, t = y.shape
+    flat = y.permute(0, 2, 1, 3).reshape(b * bins, c, t)
+    return dconv(flat).view(b, bins, c, t).permute(0, 2, 1, 3)
+
+
+def _norm(enabled: bool, groups: int, channels: int) -> nn.Module:
+    return nn.GroupNorm(groups, channels) if enabled else nn.Identity()
+
+
+class EncoderLayer(nn.Module):
+    """One encoder level (Hybrid Demucs Fig. 2): strided conv, norm, GELU, DConv, 1x1 conv + GLU.
+
+    ``freq=True``: ``(b, c_in, bins, t) -> (b, c_out, bins', t)`` with a ``(kernel, 1)`` conv along
+    frequency; ``freq=False``: ``(b, c_in, t) -> (b, c_out, t')``, the input right-padded to a
+    multiple of the stride. ``empty`` keeps only the first conv (temporal layer of the merge level).
+    ``inject`` (the temporal encoder output, at the merge level) is added after the first conv.
+    """
+
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        *,
+        kernel: int,
+        stride: int,
+        freq: bool,
+        pad: bool,
+        norm: bool,
+        norm_groups: int,
+        context: int,
+        rewrite: bool,
+        dconv: DConv | None,
+        empty: bool = False,
+    ) -> None:
+        super().__init__()
+        self.freq, self.stride, self.empty = freq, stride, empty
+        padding = kernel // 4 if pad else 0
+        if freq:
+            self.conv = nn.Conv2d(chin, chout, (kernel, 1), (stride, 1), (padding, 0))
+        else:
+            self.conv = nn.Conv1d(chin, chout, kernel, stride, padding)
+        if empty:
+            return
+        conv = nn.Conv2d if freq else nn.Conv1d
+        self.norm1 = _norm(norm, norm_groups, chout)
+        self.rewrite = conv(chout, 2 * chout, 1 + 2 * context, 1, context) if rewrite else None
+        if rewrite:
+            self.norm2 = _norm(norm, norm_groups, 2 * chout)
+        self.dconv = dconv
+
+    def forward(self, x: Tensor, inject: Tensor | None = None) -> Tensor:
+        if not self.freq:
+            if x.dim() == 4:  # (b, c, 1, t) after the merge level
+                x = x.flatten(1, 2)
+            remainder = x.shape[-1] % self.stride
+            if remainder:
+                x = F.pad(x, (0, self.stride - remainder))
+        y = self.conv(x)
+        if self.empty:
+            return y
+        if inject is not None:
+            if inject.shape[-1] != y.shape[-1]:
+                raise RuntimeError(f"cannot merge branches of lengths {inject.shape[-1]} and {y.shape[-1]}")
+            y = y + (inject[:, :, None] if inject.dim() == 3 and y.dim() == 4 else inject)
+        y = F.gelu(self.norm1(y))
+        if self.dconv is not None:
+            y = _dconv_over_bins(self.dconv, y) if self.freq else self.dconv(y)
+        if self.rewrite is not None:
+            y = F.glu(self.norm2(self.rewrite(y)), dim=1)
+        return y
+
+
+class DecoderLayer(nn.Module):
+    """One decoder level, the mirror of :class:`EncoderLayer`.
+
+    ``forward(x, skip, length) -> (out, pre)``: adds the skip connection, applies 1x1 conv + GLU
+    and DConv, then a transposed strided conv; ``pre`` is the tensor before that last conv (the
+    merge level hands it to the temporal decoder). ``freq=True`` crops ``kernel // 4`` bins on
+    each side; ``freq=False`` crops the time axis to ``length``. No GELU after the ``last``
+    (outermost) level. ``empty`` keeps only the transposed conv and its norm.
+    """
+
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        *,
+        kernel: int,
+        stride: int,
+        freq: bool,
+        pad: bool,
+        norm: bool,
+        norm_groups: int,
+        context: int,
+        rewrite: bool,
+        dconv: DConv | None,
+        last: bool,
+        empty: bool = False,
+    ) -> None:
+        super().__init__()
+        self.freq, self.chin, self.last, self.empty = freq, chin, last, empty
+        self.pad = kernel // 4 if pad else 0
+        if freq:
+            self.conv_tr = nn.ConvTranspose2d(chin, chout, (kernel, 1), (stride, 1))
+        else:
+            self.conv_tr = nn.ConvTranspose1d(chin, chout, kernel, stride)
+        self.norm2 = _norm(norm, norm_groups, chout)
+        if empty:
+            return
+        conv = nn.Conv2d if freq else nn.Conv1d
+        self.rewrite = conv(chin, 2 * chin, 1 + 2 * context, 1, context) if rewrite else None
+        if rewrite:
+            self.norm1 = _norm(norm, norm_groups, 2 * chin)
+        self.dconv = dconv
+
+    def forward(self, x: Tensor, skip: Tensor | None, length: int) -> tuple[Tensor, Tensor]:
+        if self.freq and x.dim() == 3:  # coming from a time-only level: restore the bins axis
+            x = x.view(x.shape[0], self.chin, -1, x.shape[-1])
+        if self.empty:
+            y = x
+        else:
+            x = x + skip
+            y = F.glu(self.norm1(self.rewrite(x)), dim=1) if self.rewrite is not None else x
+            if self.dconv is not None:
+                y = _dconv_over_bins(self.dconv, y) if self.freq else self.dconv(y)
+        z = self.norm2(self.conv_tr(y))
+        if self.freq:
+            if self.pad:
+                z = z[..., self.pad : -self.pad, :]
+        else:
+            z = z[..., self.pad : self.pad + length]
+        if not self.last:
+            z = F.gelu(z)
+        return z, y
+
+
+class FrequencyEmbedding(nn.Module):
+    """Learnt embedding of frequency bins (Isik et al. 2020), boosted by ``scale``.
+
+    ``forward(bins (n,)) -> (n, dim)`` equals ``embedding(bins) * scale``; the table is stored
+    divided by ``scale`` (an effective learning-rate boost) and, with ``smooth``, initialised as a
+    normalised cumulative sum so neighbouring bins start close.
+    """
+
+    def __init__(self, num_bins: int, dim: int, scale: float, smooth: bool) -> None:
+        super().__init__()
+        self.scale = scale
+        self.embedding = nn.Embedding(num_bins, dim)
+        with torch.no_grad():
+            weight = self.embedding.weight
+            if smooth:
+                counts = torch.arange(1, num_bins + 1, device=weight.device, dtype=weight.dtype)
+                weight.copy_(weight.cumsum(dim=0) / counts.sqrt()[:, None])
+            weight.div_(scale)
+
+    def forward(self, bins: Tensor) -> Tensor:
+        return self.embedding(bins) * self.scale
+
+
+def _rescale_convs(module: nn.Module, reference: float) -> None:
+    """Demucs's init trick: divide each conv's weight and bias by ``sqrt(std(weight) / reference)``."""
+    convs = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, convs):
+                factor = (sub.weight.std() / reference) ** 0.5
+                sub.weight.div_(factor)
+                if sub.bias is not None:
+                    sub.bias.div_(factor)
+
+
+# -- cross-domain transformer (paper section "Architecture", Fig. 1) ------------------------------------
+class TokenGroupNorm(nn.GroupNorm):
+    """GroupNorm over ``(b, tokens, c)`` sequences: with 1 group, one mean/var per sample over all
+    tokens and channels (demucs ``MyGroupNorm``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class PackedMultiheadAttention(nn.Module):
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameters (packed ``in_proj_weight``
+    ``(3 dim, dim)``, ``in_proj_bias``, ``out_proj``), computed by :func:`hybrids.kernels.attention`.
+
+    ``forward(query (b, lq, dim), context (b, lk, dim) | None) -> (b, lq, dim)``; ``context=None``
+    is self-attention.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.dim, self.heads, self.dropout = dim, heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.dim // self.heads).transpose(1, 2)
+
+    def forward(self, query: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is None:
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            d = self.dim
+            q = F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d])
+            k, v = F.linear(context, self.in_proj_weight[d:], self.in_proj_bias[d:]).chunk(2, dim=-1)
+        out = attention(
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (b, heads, lq, dim / heads)
+        b, _, lq, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, self.dim))
+
+
+class _TransformerLayerBase(nn.Module):
+    """Feed-forward, dropouts, norms and layer scales shared by the self- and cross-attention layers."""
+
+    def __init__(self, cfg: HTDemucsConfig, dim: int, n_norms: int) -> None:
+        super().__init__()
+        hidden = int(dim * cfg.t_hidden_scale)
+        self.norm_first = cfg.t_norm_first
+        self.activation = F.gelu if cfg.t_gelu else F.relu
+        self.linear1 = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(cfg.t_dropout)
+        self.linear2 = nn.Linear(hidden, dim)
+        for i in range(1, n_norms + 1):
+            norm = TokenGroupNorm(cfg.t_group_norm, dim) if cfg.t_group_norm else nn.LayerNorm(dim)
+            self.add_module(f"norm{i}", norm)
+        self.norm_out = TokenGroupNorm(cfg.t_norm_out, dim) if cfg.t_norm_first and cfg.t_norm_out else None
+        self.gamma_1 = LayerScale(dim, 1e-4) if cfg.t_layer_scale else nn.Identity()
+        self.gamma_2 = LayerScale(dim, 1e-4) if cfg.t_layer_scale else nn.Identity()
+        self.dropout1 = nn.Dropout(cfg.t_dropout)
+        self.dropout2 = nn.Dropout(cfg.t_dropout)
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+class SelfAttentionLayer(_TransformerLayerBase):
+    """Transformer encoder layer within one domain: ``(b, n, dim) -> (b, n, dim)``.
+
+    Pre-norm (``t_norm_first``): ``x + g1 * SA(norm1 x)``, then ``x + g2 * FF(norm2 x)``, then the
+    output group norm; post-norm otherwise. Parameter names match ``nn.TransformerEncoderLayer``.
+    """
+
+    def __init__(self, cfg: HTDemucsConfig, dim: int) -> None:
+        super().__init__(cfg, dim, n_norms=2)
+        self.self_attn = PackedMultiheadAttention(dim, cfg.t_heads, cfg.t_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + self.gamma_1(self.dropout1(self.self_attn(self.norm1(x))))
+            x = x + self.gamma_2(self._feed_forward(self.norm2(x)))
+            if self.norm_out is not None:
+                x = self.norm_out(x)
+            return x
+        x = self.norm1(x + self.gamma_1(self.dropout1(self.self_attn(x))))
+        return self.norm2(x + self.gamma_2(self._feed_forward(x)))
+
+
+class CrossAttentionLayer(_TransformerLayerBase):
+    """Cross-domain layer: tokens of one branch attend to those of the other.
+
+    ``forward(x (b, n, dim), other (b, m, dim)) -> (b, n, dim)``; pre-norm:
+    ``x + g1 * CA(norm1 x, norm2 other)``, then ``x + g2 * FF(norm3 x)``, then the output norm.
+    """
+
+    def __init__(self, cfg: HTDemucsConfig, dim: int) -> None:
+        super().__init__(cfg, dim, n_norms=3)
+        self.cross_attn = PackedMultiheadAttention(dim, cfg.t_heads, cfg.t_dropout)
+
+    def forward(self, x: Tensor, other: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + self.gamma_1(self.dropout1(self.cross_attn(self.norm1(x), self.norm2(other))))
+            x = x + self.gamma_2(self._feed_forward(self.norm3(x)))
+            if self.norm_out is not None:
+                x = self.norm_out(x)
+            return x
+        x = self.norm1(x + self.gamma_1(self.dropout1(self.cross_attn(x, other))))
+        return self.norm2(x + self.gamma_2(self._feed_forward(x)))
+
+
+class CrossDomainTransformer(nn.Module):
+    """The cross-domain transformer encoder (paper section "Architecture", Fig. 1).
+
+    ``forward(x (b, c, bins, frames), xt (b, c, t)) -> same shapes``. Spectral tokens are ordered
+    frame-major ``(frames * bins)`` and get a 2-D sinusoidal embedding, temporal tokens a 1-D one
+    (both after ``norm_in``, scaled by ``t_weight_pos_embed``). Layer ``i`` is self-attention in
+    both branches when ``i % 2 == (1 if t_cross_first else 0)``, else cross-attention, the
+    temporal branch attending to the spectral tokens from before the layer.
+    """
+
+    def __init__(self, cfg: HTDemucsConfig, dim: int) -> None:
+        super().__init__()
+        self.max_period = cfg.t_max_period
+        self.weight_pos_embed = cfg.t_weight_pos_embed
+        self.self_parity = 1 if cfg.t_cross_first else 0
+        if cfg.t_norm_in:
+            self.norm_in, self.norm_in_t = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        elif cfg.t_norm_in_group:
+            self.norm_in = TokenGroupNorm(cfg.t_norm_in_group, dim)
+            self.norm_in_t = TokenGroupNorm(cfg.t_norm_in_group, dim)
+        else:
+            self.norm_in, self.norm_in_t = nn.Identity(), nn.Identity()
+        self.layers = nn.ModuleList()  # spectral branch
+        self.layers_t = nn.ModuleList()  # temporal branch
+        for index in range(cfg.t_layers):
+            layer = SelfAttentionLayer if index % 2 == self.self_parity else CrossAttentionLayer
+            self.layers.append(layer(cfg, dim))
+            self.layers_t.append(layer(cfg, dim))
+
+    def forward(self, x: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
+        b, c, bins, frames = x.shape
+        pos_2d = sinusoidal_embedding_2d(c, bins, frames, self.max_period, device=x.device)
+        pos_2d = pos_2d.permute(2, 1, 0).reshape(frames * bins, c).to(x.dtype)
+        x = x.permute(0, 3, 2, 1).reshape(b, frames * bins, c)
+        x = self.norm_in(x) + self.weight_pos_embed * pos_2d
+
+        steps = xt.shape[-1]
+        pos_1d = sinusoidal_embedding_1d(steps, c, max_period=self.max_period, device=xt.device).to(xt.dtype)
+        xt = self.norm_in_t(xt.transpose(1, 2)) + self.weight_pos_embed * pos_1d
+
+        for index, (layer, layer_t) in enumerate(zip(self.layers, self.layers_t)):
+            if index % 2 == self.self_parity:
+                x, xt = layer(x), layer_t(xt)
+            else:
+                x, xt = layer(x, xt), layer_t(xt, x)
+        x = x.view(b, frames, bins, c).permute(0, 3, 2, 1)
+        return x, xt.transpose(1, 2)
+
+
+# -- the model ------------------------------------------------------------------------------------
+class HTDemucs(nn.Module):
+    """Hybrid Transformer Demucs: ``(b, audio_channels, samples) -> (b, sources, audio_channels, samples)``.
+
+    Attributes ``sources``, ``samplerate``, ``audio_channels`` and ``segment`` (seconds, a
+    ``Fraction`` for the released models) mirror demucs's, so segment-wise inference code written
+    for demucs models works unchanged.
+    """
+
+    def __init__(self, config: HTDemucsConfig) -> None:
+        super().__init__()
+        cfg = config
+        self.config = cfg
+        self.sources = list(cfg.sources)
+        self.samplerate = cfg.samplerate
+        self.audio_channels = cfg.audio_channels
+        self.segment = cfg.segment_seconds
+        self.nfft = cfg.nfft
+        self.hop_length = cfg.nfft // 4
+        self.depth = cfg.depth
+        self.bottom_channels = cfg.bottom_channels
+
+        self.encoder = nn.ModuleList()  # spectral branch, outermost first
+        self.decoder = nn.ModuleList()  # spectral branch, innermost first
+        self.tencoder = nn.ModuleList()  # temporal branch, outermost first
+        self.tdecoder = nn.ModuleList()  # temporal branch, innermost first
+        self.freq_emb: FrequencyEmbedding | None = None
+        levels = plan_levels(cfg)
+        for lv in levels:
+            self._add_level(cfg, lv)
+            if lv.index == 0 and cfg.freq_emb:
+                self.freq_emb = FrequencyEmbedding(lv.bins_out, lv.out_f, cfg.emb_scale, cfg.emb_smooth)
+                self.freq_emb_scale = cfg.freq_emb
+        if cfg.rescale:
+            for branch in (self.encoder, self.decoder, self.tencoder, self.tdecoder):
+                _rescale_convs(branch, cfg.rescale)
+
+        width = cfg.channels * cfg.growth ** (cfg.depth - 1)
+        if cfg.bottom_channels:
+            self.channel_upsampler = nn.Conv1d(width, cfg.bottom_channels, 1)
+            self.channel_downsampler = nn.Conv1d(cfg.bottom_channels, width, 1)
+            self.channel_upsampler_t = nn.Conv1d(width, cfg.bottom_channels, 1)
+            self.channel_downsampler_t = nn.Conv1d(cfg.bottom_channels, width, 1)
+        self.crosstransformer = (
+            CrossDomainTransformer(cfg, cfg.transformer_channels) if cfg.t_layers > 0 else None
+        )
+
+    def _add_level(self, cfg: HTDemucsConfig, lv: Level) -> None:
+        def dconv(channels: int, enabled: int) -> DConv | None:
+            return DConv(channels, cfg.dconv_comp, cfg.dconv_depth, cfg.dconv_init) if enabled else None
+
+        common = {"norm": lv.norm, "norm_groups": cfg.norm_groups, "rewrite": cfg.rewrite}
+        shape = {"kernel": lv.kernel, "stride": lv.stride, "freq": lv.freq, "pad": lv.pad}
+        # time layers of a spectral level: always the regular kernel/stride, padded
+        time_shape = {"kernel": cfg.kernel_size, "stride": cfg.stride, "freq": False, "pad": True}
+        enc_dconv, dec_dconv = cfg.dconv_mode & 1, cfg.dconv_mode & 2
+        self.encoder.append(
+            EncoderLayer(
+                lv.in_f,
+                lv.out_f,
+                context=cfg.context_enc,
+                dconv=dconv(lv.out_f, enc_dconv),
+                **shape,
+                **common,
+            )
+        )
+        self.decoder.insert(
+            0,
+            DecoderLayer(
+                lv.out_f,
+                lv.dec_out_f,
+                context=cfg.context,
+                dconv=dconv(lv.out_f, dec_dconv),
+                last=lv.index == 0,
+                **shape,
+                **common,
+            ),
+        )
+        if lv.freq:
+            self.tencoder.append(
+                EncoderLayer(
+                    lv.in_t,
+                    lv.out_t,
+                    context=cfg.context_enc,
+                    dconv=None if lv.merge else dconv(lv.out_t, enc_dconv),
+                    empty=lv.merge,
+                    **time_shape,
+                    **common,
+                )
+            )
+            self.tdecoder.insert(
+                0,
+                DecoderLayer(
+                    lv.out_t,
+                    lv.dec_out_t,
+                    context=cfg.context,
+                    dconv=None if lv.merge else dconv(lv.out_t, dec_dconv),
+                    last=lv.index == 0,
+                    empty=lv.merge,
+                    **time_shape,
+                    **common,
+                ),
+            )
+
+    # -- spectrogram front end and back end --------------------------------------------------------
+    def _spectrogram(self, mix: Tensor) -> Tensor:
+        """``(b, c, samples) -> (b, c, nfft // 2, ceil(samples / hop))`` complex.
+
+        The signal is reflect-padded by ``3 hop / 2`` on the left (and up to a multiple of the hop
+        on the right) so that frame ``k`` covers samples around ``k * hop``; the Nyquist bin and
+        the two extra frames on each side are dropped.
+        """
+        hop = self.hop_length
+        frames = math.ceil(mix.shape[-1] / hop)
+        pad = hop // 2 * 3
+        padded = reflect_pad(mix, pad, pad + frames * hop - mix.shape[-1])
+        z = stft(padded, self.nfft, hop)[..., :-1, :]
+        return z[..., 2 : 2 + frames]
+
+    def _waveform(self, z: Tensor, length: int) -> Tensor:
+        """Inverse of :meth:`_spectrogram`: ``(..., nfft // 2, frames)`` complex -> ``(..., length)``."""
+        hop = self.hop_length
+        z = F.pad(z, (2, 2, 0, 1))  # restore the dropped frames (as zeros) and the Nyquist bin
+        pad = hop // 2 * 3
+        x = istft(z, hop, hop * math.ceil(length / hop) + 2 * pad)
+        return x[..., pad : pad + length]
+
+    @property
+    def segment_length(self) -> int:
+        """Training segment in samples (eval inputs are padded to it)."""
+        return self.config.segment_length
+
+    def valid_length(self, length: int) -> int:
+        """The input length the model computes on in eval mode (demucs semantics)."""
+        if not self.config.use_train_segment:
+            return length
+        if length > self.segment_length:
+            raise InputError(
+                f"input of {length} samples is longer than the model's segment ({self.segment_length} "
+                "samples); split it into segments (chunked inference)"
+            )
+        return self.segment_length
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, mix: Tensor) -> Tensor:
+        if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
+            raise InputError(
+                f"HTDemucs expects a mix of shape (batch, {self.audio_channels}, samples), "
+                f"got {tuple(mix.shape)}"
+            )
+        length = mix.shape[-1]
+        work_length = length if self.training else self.valid_length(length)
+        if work_length > length:
+            mix = F.pad(mix, (0, work_length - length))
+
+        # Spectral branch input: CaC spectrogram (b, 2c, bins, frames), normalised per example.
+        z = self._spectrogram(mix)
+        b, c, bins, frames = z.shape
+        x = torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(b, 2 * c, bins, frames)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) / (1e-5 + std)
+        # Temporal branch input: the waveform, normalised per example.
+        mean_t = mix.mean(dim=(1, 2), keepdim=True)
+        std_t = mix.std(dim=(1, 2), keepdim=True)
+        xt = (mix - mean_t) / (1e-5 + std_t)
+
+        skips, skips_t, lengths, lengths_t = [], [], [], []
+        for index, encode in enumerate(self.encoder):
+            lengths.append(x.shape[-1])
+            inject = None
+            if index < len(self.tencoder):
+                lengths_t.append(xt.shape[-1])
+                tencode = self.tencoder[index]
+                xt = tencode(xt)
+                if tencode.empty:
+                    inject = xt  # merge level: the temporal features join the spectral branch
+                else:
+                    skips_t.append(xt)
+            x = encode(x, inject)
+            if index == 0 and self.freq_emb is not None:
+                emb = self.freq_emb(torch.arange(x.shape[-2], device=x.device))  # (bins, c)
+                x = x + self.freq_emb_scale * emb.t()[None, :, :, None].expand_as(x)
+            skips.append(x)
+
+        if self.crosstransformer is not None:
+            if self.bottom_channels:
+                f = x.shape[2]
+                x = self.channel_upsampler(x.flatten(2)).unflatten(2, (f, -1))
+                xt = self.channel_upsampler_t(xt)
+            x, xt = self.crosstransformer(x, xt)
+            if self.bottom_channels:
+                x = self.channel_downsampler(x.flatten(2)).unflatten(2, (f, -1))
+                xt = self.channel_downsampler_t(xt)
+
+        offset = self.depth - len(self.tdecoder)
+        for index, decode in enumerate(self.decoder):
+            x, pre = decode(x, skips.pop(), lengths.pop())
+            if index >= offset:
+                tdecode = self.tdecoder[index - offset]
+                if tdecode.empty:  # merge level: the temporal branch restarts from the spectral one
+                    xt, _ = tdecode(pre[:, :, 0], None, lengths_t.pop())
+                else:
+                    xt, _ = tdecode(xt, skips_t.pop(), lengths_t.pop())
+
+        n_sources = len(self.sources)
+        x = x.view(b, n_sources, -1, bins, frames) * std[:, None] + mean[:, None]
+        # CaC back to complex: (b, s, c * 2, bins, frames) -> (b, s, c, bins, frames)
+        x = x.view(b, n_sources, -1, 2, bins, frames).permute(0, 1, 2, 4, 5, 3)
+        spec_out = self._waveform(torch.view_as_complex(x.contiguous()), work_length)
+        time_out = xt.view(b, n_sources, -1, work_length) * std_t[:, None] + mean_t[:, None]
+        return (time_out + spec_out)[..., :length]
