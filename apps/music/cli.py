@@ -1,0 +1,395 @@
+"""``hybrids music separate`` and the ``separate`` shortcut: demucs's command line, our engine.
+
+    separate song.mp3                                  # -> separated/htdemucs/song/{drums,bass,...}.wav
+    separate albums/ --two-stems vocals --mp3 -o out   # every audio file in the folder
+    hybrids -q music separate song.flac --int24 --shifts 2 -n runs/exp1/best
+
+Flags follow ``python -m demucs.separate`` (4.1.0). Differences: ``-n`` also takes one of our
+checkpoint folders; folders are accepted as inputs (their audio files, not recursively);
+``--precision``, ``--seed`` and ``--batch-segments`` are ours; ``--float32`` with ``--flac`` is
+refused (demucs silently writes 16-bit); ``-j`` defaults to 1 (no extra threads).
+
+Output: ``OUT/<model>/<--filename>``, ``<model>`` being the model's short name (``htdemucs``) or
+the checkpoint folder's name. A track that fails is reported on one line and the others go on;
+its stems written so far are removed. Exit status 2 if any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hybrids.apps.core.errors import HybridsError, InputError
+
+logger = logging.getLogger("hybrids.music")
+
+DEFAULT_MODEL = "music/htdemucs"
+FILENAME_FIELDS = ("track", "trackext", "stem", "ext")
+
+
+def add_parser(commands: Any) -> None:
+    music = commands.add_parser(
+        "music",
+        help="music source separation (HT Demucs)",
+        description="Music source separation with Hybrid Transformer Demucs.",
+    )
+    verbs = music.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    separate = verbs.add_parser(
+        "separate",
+        help="separate tracks into stems (drums, bass, other, vocals)",
+        description="Separate the sources of the given tracks (demucs's `separate` flags). Stems are "
+        "written to OUT/<model>/<filename>, at the model's sample rate.",
+    )
+    add_separate_arguments(separate)
+    separate.set_defaults(func=run_separate)
+
+
+def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
+    # -v/-q here too, so `hybrids music separate -v x` and `separate -v x` work; SUPPRESS keeps a
+    # top-level `hybrids -v music separate x` from being reset by this subparser's defaults.
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (-vv: debug)"
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="count", default=argparse.SUPPRESS, help="only warnings and errors, no bars"
+    )
+    parser.add_argument("tracks", nargs="+", type=Path, metavar="TRACK_OR_DIR", help="audio files or folders")
+    parser.add_argument(
+        "-n",
+        "--name",
+        default=DEFAULT_MODEL,
+        help="model: a registered name (htdemucs = music/htdemucs) or a checkpoint folder "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--weights", help="weights for -n NAME: a file, or a weights name (default: the official ones)"
+    )
+    parser.add_argument(
+        "--repo", type=Path, help="folder holding official weights files (searched before the cache)"
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("separated"),
+        help="output root; a sub-folder named after the model is added (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--filename",
+        default="{track}/{stem}.{ext}",
+        help="output file name under OUT/<model>; fields {track}, {trackext}, {stem}, {ext} "
+        '(default: "%(default)s")',
+    )
+    parser.add_argument(
+        "-d", "--device", help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--shifts", type=int, default=1, help="random shifts averaged (shift trick); 0 disables (default: 1)"
+    )
+    parser.add_argument("--overlap", type=float, default=0.25, help="overlap between chunks (default: 0.25)")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument(
+        "--no-split",
+        dest="split",
+        action="store_false",
+        default=True,
+        help="run the model on the whole track at once (transformer models: tracks up to one segment)",
+    )
+    split.add_argument("--segment", type=float, help="chunk length in seconds (default: the model's)")
+    parser.add_argument(
+        "--two-stems", dest="stem", metavar="STEM", help="only write STEM and its complement (e.g. vocals)"
+    )
+    parser.add_argument(
+        "--other-method",
+        choices=["none", "add", "minus"],
+        default="add",
+        help="complement of --two-stems: add = sum of the other stems (no_STEM), minus = mix - STEM "
+        "(minus_STEM), none = not written (default: add)",
+    )
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument("--int24", action="store_true", help="24-bit PCM output")
+    depth.add_argument("--float32", action="store_true", help="32-bit float WAV output")
+    parser.add_argument(
+        "--clip-mode",
+        choices=["rescale", "clamp", "none"],
+        default="rescale",
+        help="avoid clipping by rescaling the whole stem, or by clamping (default: rescale)",
+    )
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--flac", action="store_true", help="write FLAC instead of WAV")
+    fmt.add_argument("--mp3", action="store_true", help="write MP3 instead of WAV")
+    parser.add_argument("--mp3-bitrate", type=int, default=320, help="MP3 bitrate in kbit/s (default: 320)")
+    parser.add_argument(
+        "--mp3-preset",
+        type=int,
+        choices=range(2, 8),
+        default=2,
+        metavar="{2..7}",
+        help="MP3 encoder quality: 2 best ... 7 fastest (default: 2)",
+    )
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=1, help="chunk batches run in parallel threads (default: 1)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="model compute precision (default: fp32)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
+    parser.add_argument("--batch-segments", type=int, default=4, help="chunks per model forward (default: 4)")
+
+
+def separate_main(argv: Sequence[str] | None = None) -> int:
+    """The ``separate`` console script: ``hybrids music separate`` with the same flags and exit codes."""
+    import sys
+
+    from hybrids.apps.cli import main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["music", "separate", *args])
+
+
+# -- the command --------------------------------------------------------------------------------
+def run_separate(args: argparse.Namespace) -> int:
+    from hybrids.datasets.audio import AUDIO_EXTENSIONS, AudioError, audio_info
+
+    _check_options(args)
+    bits = 32 if args.float32 else 24 if args.int24 else 16
+    ext = "mp3" if args.mp3 else "flac" if args.flac else "wav"
+
+    # Inputs: files as given, folders expanded to their audio files; each one's header is read
+    # now, so missing, empty and non-audio files are reported before the model loads.
+    candidates: list[Path] = []
+    failures: list[str] = []
+    for item in args.tracks:
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_EXTENSIONS
+            )
+            if not found:
+                failures.append(f"{item}: folder has no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            candidates.extend(found)
+        else:
+            candidates.append(item)
+    tracks: list[Path] = []
+    for path in candidates:
+        try:
+            audio_info(path)
+        except AudioError as exc:
+            failures.append(str(exc))
+        else:
+            tracks.append(path)
+    n_inputs = len(tracks) + len(failures)
+    if n_inputs == 1 and failures:
+        raise InputError(failures[0])
+    for message in failures:
+        logger.error("%s", message)
+    if not tracks:
+        raise InputError(f"none of the {n_inputs} inputs can be separated (see the messages above)")
+
+    out_dir = args.out / _model_folder(args.name)
+    _check_output_root(out_dir)
+    separator = _make_separator(args)
+    if args.stem is not None and args.stem not in separator.sources:
+        raise InputError(
+            f'--two-stems: stem "{args.stem}" is not a source of the model; choose one of '
+            f"{', '.join(separator.sources)}"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+
+    claimed: dict[Path, Path] = {}
+    done = 0
+    for index, track in enumerate(tracks, 1):
+        # One track: its progress bar says enough (and an error stays the only line on stderr).
+        level = logging.INFO if len(tracks) > 1 else logging.DEBUG
+        logger.log(level, "Separating track %s (%d/%d)", track, index, len(tracks))
+        try:
+            _separate_one(track, separator, args, out_dir, ext, bits, claimed)
+            done += 1
+        except HybridsError as exc:
+            if n_inputs == 1:
+                raise
+            failures.append(str(exc))
+            logger.error("%s", exc)
+    if done:
+        logger.info("Stems of %d track%s written to %s", done, "s" if done > 1 else "", out_dir.resolve())
+    if failures:
+        raise InputError(f"{len(failures)} of {n_inputs} inputs failed (see the messages above)")
+    return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.shifts < 0:
+        raise InputError(f"--shifts must be >= 0, got {args.shifts}")
+    if not 0 <= args.overlap < 1:
+        raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.segment is not None and args.segment <= 0:
+        raise InputError(f"--segment must be > 0 seconds, got {args.segment}")
+    if args.jobs < 0:
+        raise InputError(f"--jobs must be >= 0, got {args.jobs}")
+    if args.batch_segments < 1:
+        raise InputError(f"--batch-segments must be >= 1, got {args.batch_segments}")
+    if args.mp3_bitrate <= 0:
+        raise InputError(f"--mp3-bitrate must be > 0, got {args.mp3_bitrate}")
+    if args.float32 and (args.flac or args.mp3):
+        raise InputError("--float32 is for WAV output; FLAC and MP3 cannot store float samples")
+    if args.stem is None and args.other_method != "add":
+        logger.warning("--other-method is ignored without --two-stems")
+    fields = {name for _, name, _, _ in string.Formatter().parse(args.filename) if name is not None}
+    unknown = sorted(fields - set(FILENAME_FIELDS))
+    if unknown:
+        raise InputError(
+            f"--filename: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+            f"use {', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
+        )
+    if "stem" not in fields:
+        raise InputError("--filename must contain {stem}, or every stem would be written to the same file")
+    try:
+        _format_name(args.filename, "track", "wav", "stem", "wav")
+    except (ValueError, IndexError) as exc:
+        raise InputError(f"--filename: invalid template {args.filename!r} ({exc})") from None
+
+
+def _check_output_root(out_dir: Path) -> None:
+    """Fail before loading the model when the output folder obviously cannot be created: a
+    path component is a file, or the nearest existing folder is not writable."""
+    import os
+
+    existing = out_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"{out_dir}: cannot create the output folder ({existing} is a file)")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: cannot create the output folder ({existing} is not writable)")
+
+
+def _format_name(template: str, track: str, trackext: str, stem: str, ext: str) -> str:
+    return template.format(track=track, trackext=trackext, stem=stem, ext=ext)
+
+
+def _model_folder(name: str) -> str:
+    """demucs's ``separated/<model>``: the short model name, or the checkpoint folder's name."""
+    path = Path(name).expanduser()
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        return folder.resolve().name or "model"
+    return name.rsplit("/", 1)[-1]
+
+
+def _make_separator(args: argparse.Namespace) -> Any:
+    import torch
+
+    from hybrids.apps.music.separate import Separator
+
+    device = args.device
+    if device is None:
+        device = (
+            "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        )
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        raise InputError(f"--device: unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS is not available on this machine")
+    return Separator(
+        args.name,
+        weights=args.weights,
+        repo=args.repo,
+        device=device,
+        shifts=args.shifts,
+        overlap=args.overlap,
+        segment=args.segment,
+        split=args.split,
+        precision=args.precision,
+        seed=args.seed,
+        jobs=max(1, args.jobs),
+        batch_segments=args.batch_segments,
+        progress=True,
+    )
+
+
+def _separate_one(
+    track: Path,
+    separator: Any,
+    args: argparse.Namespace,
+    out_dir: Path,
+    ext: str,
+    bits: int,
+    claimed: dict[Path, Path],
+) -> None:
+    """Separate one track and write its stems; on any failure remove what was written for it."""
+    import torch
+
+    from hybrids.datasets.audio import AudioError, load_audio, save_audio
+
+    name, _, suffix = track.name.rpartition(".")
+    if not name:  # no dot in the name
+        name, suffix = track.name, ""
+    written: list[Path] = []
+    try:
+        try:
+            wav, rate = load_audio(track, samplerate=separator.samplerate, channels=separator.audio_channels)
+        except AudioError as exc:
+            raise InputError(str(exc)) from None
+        try:
+            stems = separator.separate_tensor(wav, rate, desc=track.name)
+        except InputError as exc:
+            raise InputError(f"{track}: {exc}") from None
+        if args.stem is None:
+            outputs = dict(stems)
+        else:
+            chosen = stems.pop(args.stem)
+            outputs = {args.stem: chosen}
+            if args.other_method == "minus":
+                outputs[f"minus_{args.stem}"] = wav - chosen
+            elif args.other_method == "add":  # the other stems summed in order, as demucs
+                others = torch.zeros_like(chosen)
+                for value in stems.values():
+                    others += value
+                outputs[f"no_{args.stem}"] = others
+        del wav
+        targets = {stem: out_dir / _format_name(args.filename, name, suffix, stem, ext) for stem in outputs}
+        for target in targets.values():
+            owner = claimed.get(target)
+            if owner is not None and owner != track:
+                raise InputError(
+                    f"{track}: its stems would overwrite those of {owner} ({target}); "
+                    "rename one or use --filename with {trackext}"
+                )
+        for stem, target in targets.items():
+            try:
+                save_audio(
+                    outputs[stem],
+                    target,
+                    separator.samplerate,
+                    bits=bits,
+                    clip=args.clip_mode,
+                    mp3_bitrate=args.mp3_bitrate,
+                    mp3_preset=args.mp3_preset,
+                )
+            except AudioError as exc:
+                raise InputError(str(exc)) from None
+            written.append(target)
+            claimed[target] = track
+            logger.debug("wrote %s", target)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+            claimed.pop(path, None)
+        raise

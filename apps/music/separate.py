@@ -1,0 +1,670 @@
+"""Source separation of whole tracks: ``apply_model`` (chunking, overlap-add, shift trick) and
+the ``Separator`` Python API behind ``hybrids music separate`` / ``separate``.
+
+``apply_model`` reproduces demucs 4.1.0's ``demucs.apply.apply_model`` numerically: the same
+chunk offsets, the same context padding of every chunk (``TensorChunk.padded``), the same
+triangular cross-fade weights (``transition_power``), the same centre trimming and, for the
+"shift trick", the same padding of ``0.5 s`` on each side and the same averaging, with every
+floating-point operation in demucs's order. Given the same shift offsets and the same model
+outputs, a single model (any ``shifts``) and a bag with ``shifts <= 1`` give bit-identical
+results; a bag with several shifts folds ``1/shifts`` into the bag weights (~1e-7 relative).
+Batching several chunks per forward can change a model's own rounding (~1e-8 for HT Demucs);
+``batch_segments=1`` removes that difference too.
+
+What differs, on purpose:
+
+* Shift offsets come from ``random.Random(seed)`` instead of the global ``random`` module, so
+  results are reproducible and independent of other code. The draws are the same as demucs's
+  after ``random.seed(seed)`` (same generator, same ``randint(0, max_shift)`` calls, in the same
+  order: model by model, shift by shift).
+* Speed and memory: the output ``(batch, sources, channels, samples)`` is allocated once and
+  completed samples are added into it in place, from a one-segment window of running sums
+  (demucs keeps a full-size buffer per shift, another per model of a bag, and a padded copy of
+  the track); up to ``batch_segments`` chunks go through the model in one forward; chunks that
+  fall entirely into the discarded shift padding are skipped. Peak memory is the output plus
+  one segment of sums plus the batches in flight.
+* ``jobs`` runs that many batches concurrently in threads (demucs: one chunk per thread).
+* ``precision="bf16"`` runs the model forward under ``torch.autocast`` with bfloat16; the
+  accumulation stays in float32.
+
+``Separator`` follows demucs's ``Separator.separate_tensor``: the mix is resampled to the model's
+rate and channel count, normalised with the mean and standard deviation of its mono downmix
+(``ref = wav.mean(0)``; ``(wav - ref.mean()) / (ref.std() + 1e-8)``), separated, and scaled back.
+The stems are returned at the model's sample rate (like demucs), not resampled to the input rate.
+Inputs at another rate are resampled with soxr ("VHQ") where demucs uses julius, so for them the
+stems differ slightly from demucs's; inputs at the model's rate go through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.apps.core.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "music/htdemucs"
+PRECISIONS = ("fp32", "bf16")
+
+
+# -- models and bags ---------------------------------------------------------------------------
+class ModelBag(nn.Module):
+    """Any models whose estimates are averaged with per-source weights (demucs's ``BagOfModels``).
+
+    The registry's HT Demucs bags (``music/htdemucs_ft``) are ``hybrids.apps.music.bag.BagOfModels``;
+    ``apply_model`` runs both (and demucs's own), anything with ``models`` and ``weights``.
+
+    ``weights[m][k]`` weighs model ``m``'s estimate of source ``k``; the default is all ones.
+    All models must share ``sources``, ``samplerate`` and ``audio_channels``. Use
+    ``apply_model`` on a bag; calling it directly raises, as in demucs.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        weights: Sequence[Sequence[float]] | None = None,
+        segment: float | None = None,
+    ):
+        super().__init__()
+        if not models:
+            raise ValueError("a bag needs at least one model")
+        first = model_info(models[0])
+        for other in models[1:]:
+            info = model_info(other)
+            if (info.sources, info.samplerate, info.audio_channels) != (
+                first.sources,
+                first.samplerate,
+                first.audio_channels,
+            ):
+                raise ValueError("all models of a bag must share sources, samplerate and audio_channels")
+        if weights is None:
+            weights = [[1.0] * len(first.sources) for _ in models]
+        weights = [list(map(float, w)) for w in weights]
+        if len(weights) != len(models) or any(len(w) != len(first.sources) for w in weights):
+            raise ValueError(f"weights must be {len(models)} lists of {len(first.sources)} numbers")
+        self.models = nn.ModuleList(models)
+        self.weights = weights
+        self.sources = list(first.sources)
+        self.samplerate = first.samplerate
+        self.audio_channels = first.audio_channels
+        self.segment = segment  # overrides each member's segment in apply_model when set
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("use apply_model(bag, mix) to run a bag of models")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    sources: tuple[str, ...]
+    samplerate: int
+    audio_channels: int
+    segment: float | None  # training segment in seconds (None: any length)
+
+
+def _get(model: Any, name: str) -> Any:
+    value = getattr(model, name, None)
+    if value is None:
+        value = getattr(getattr(model, "config", None), name, None)
+    return value
+
+
+def model_info(model: Any) -> ModelInfo:
+    """Sources, sample rate, channels and segment of a separation model (from attributes, as
+    demucs's models have them, or from ``model.config``)."""
+    sources, samplerate = _get(model, "sources"), _get(model, "samplerate")
+    if sources is None or samplerate is None:
+        raise TypeError(
+            f"{type(model).__name__} is not a separation model: it needs `sources` and `samplerate` "
+            "attributes (or a config with them)"
+        )
+    channels = _get(model, "audio_channels") or 2
+    return ModelInfo(tuple(sources), int(samplerate), int(channels), _get(model, "segment"))
+
+
+def _is_bag(model: Any) -> bool:
+    return isinstance(model, ModelBag) or (
+        isinstance(getattr(model, "models", None), Sequence | nn.ModuleList) and hasattr(model, "weights")
+    )
+
+
+def _fixed_segment(model: Any) -> bool:
+    """Whether the model works on its training segment only (HT Demucs): demucs tests
+    ``isinstance(model, HTDemucs)``; we test the class name or ``use_train_segment``."""
+    if any(cls.__name__ == "HTDemucs" for cls in type(model).__mro__):
+        return True
+    return bool(_get(model, "use_train_segment"))
+
+
+def _valid_length(model: Any, length: int, segment: float | None, samplerate: int) -> int:
+    """The length a chunk of ``length`` samples is padded to (with context) before the model."""
+    if segment is not None and _fixed_segment(model):
+        valid = int(segment * samplerate)
+    elif callable(getattr(model, "valid_length", None)):
+        try:
+            valid = int(model.valid_length(length))
+        except ValueError as exc:
+            raise InputError(f"{length} samples cannot go through the model in one piece ({exc})") from None
+    elif _fixed_segment(model) and _get(model, "segment") is not None:
+        valid = int(_get(model, "segment") * samplerate)
+    else:
+        valid = length
+    if valid < length:
+        raise InputError(
+            f"{length} samples ({length / samplerate:.2f} s) are longer than the model's segment "
+            f"({valid / samplerate:.2f} s); separate with split=True (drop --no-split)"
+        )
+    return valid
+
+
+def draw_shift_offsets(count: int, max_shift: int, seed: int = 0) -> list[int]:
+    """The shift offsets ``apply_model`` uses: ``random.Random(seed).randint(0, max_shift)``
+    ``count`` times (equal to demucs's draws after ``random.seed(seed)``)."""
+    rng = random.Random(seed)
+    return [rng.randint(0, max_shift) for _ in range(count)]
+
+
+# -- chunk planning -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Chunk:
+    offset: int  # first sample in the pass's time axis (demucs's chunk offset)
+    length: int  # samples this chunk's (centre-trimmed) output covers
+    padded: int  # samples fed to the model (context on both sides, zeros outside the mix)
+    start: int  # first sample fed to the model, in the mix's time axis (may be negative)
+
+
+@dataclass
+class _Pass:
+    """One run of one model over the (shifted) mix.
+
+    The pass's time axis ``q`` is the mix shifted right by ``shift`` samples (``q = t + shift``)
+    and is ``shift + length`` long (demucs's ``length + max_shift - offset``).
+    """
+
+    model: nn.Module
+    shift: int
+    length: int  # samples of the mix
+    split: bool
+    chunks: list[_Chunk]
+    weight: torch.Tensor  # (segment_length,) cross-fade triangle (split only)
+    stride: int  # samples between chunk offsets (split only)
+    scale: torch.Tensor | None  # (sources, 1, 1) per-source factor of a bag member, or None
+
+
+def _window(mix: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """``mix[..., start:start + length]`` with zeros outside ``[0, T)`` (a copy)."""
+    total = mix.shape[-1]
+    lo, hi = max(0, start), min(total, start + length)
+    if lo >= hi:
+        return mix.new_zeros(*mix.shape[:-1], length)
+    return F.pad(mix[..., lo:hi], (lo - start, start + length - hi))
+
+
+def _plan_pass(
+    model: nn.Module,
+    length: int,
+    *,
+    shift: int,
+    split: bool,
+    overlap: float,
+    segment: float | None,
+    transition_power: float,
+) -> tuple[list[_Chunk], torch.Tensor, int]:
+    """Chunks, cross-fade weights and stride of one pass, laid out as demucs's ``apply_model``
+    lays them out (offsets, context padding, triangle weights)."""
+    info = model_info(model)
+    total = length + shift
+    if not split:
+        try:
+            padded = _valid_length(model, total, segment, info.samplerate)
+        except InputError:
+            pad = f" + {shift / info.samplerate:.2f} s of shift padding" if shift else ""
+            limit = f" ({float(info.segment):g} s)" if info.segment is not None else ""
+            raise InputError(
+                f"without splitting, {length / info.samplerate:.2f} s of audio{pad} do not fit the "
+                f"model's segment{limit}; separate with split=True (drop --no-split)"
+            ) from None
+        chunk = _Chunk(0, total, padded, -shift - (padded - total) // 2)
+        return [chunk], torch.ones(0), 0
+    seg = segment if segment is not None else info.segment
+    if seg is None or seg <= 0:
+        raise InputError(f"{type(model).__name__} has no segment length; pass segment=SECONDS or split=False")
+    segment_length = int(info.samplerate * seg)
+    stride = int((1 - overlap) * segment_length)
+    if segment_length < 1 or stride < 1:
+        raise InputError(f"segment {seg} s with overlap {overlap} leaves no samples to advance by")
+    # demucs: a triangle peaking mid-segment, normalised, to the power `transition_power`.
+    weight = torch.cat(
+        [torch.arange(1, segment_length // 2 + 1), torch.arange(segment_length - segment_length // 2, 0, -1)]
+    )
+    weight = (weight / weight.max()) ** transition_power
+    chunks = []
+    for offset in range(0, total, stride):
+        chunk_length = min(total - offset, segment_length)
+        if offset + chunk_length <= shift:
+            continue  # entirely in the discarded shift padding: its output is never used
+        padded = _valid_length(model, chunk_length, segment, info.samplerate)
+        start = offset - shift - (padded - chunk_length) // 2
+        chunks.append(_Chunk(offset, chunk_length, padded, start))
+    return chunks, weight, stride
+
+
+class _OverlapAdd:
+    """Adds one pass's chunk outputs into ``out`` in demucs's order of operations.
+
+    demucs accumulates ``weight * chunk`` into a full-length buffer per pass, divides it by the
+    weight sums, and adds the result into the total. Chunks arrive in increasing offset, so once
+    a chunk at offset ``o`` arrives every sample before ``o`` is complete: we keep only a
+    segment-long window of the pass's buffer, and move each completed sample (divided by its
+    weight sum, scaled for bags) into ``out``. Same operations, same order, same rounding.
+    """
+
+    def __init__(self, out: torch.Tensor, p: _Pass):
+        self.out, self.p = out, p
+        self.capacity = len(p.weight)
+        self.acc: torch.Tensor | None = None
+        self.base = 0  # pass sample held at acc[..., 0]
+
+    def add(self, chunk: _Chunk, y: torch.Tensor) -> None:
+        """``y``: the chunk's centre-trimmed output, ``(batch, sources, channels, chunk.length)``."""
+        if not self.p.split:
+            self._emit(chunk.offset, y, divide=False)
+            return
+        if self.acc is None:
+            self.acc = self.out.new_zeros(*self.out.shape[:3], self.capacity)
+            self.base = chunk.offset
+        step = chunk.offset - self.base
+        if step > 0:
+            self._flush(min(step, self.capacity))
+            if step < self.capacity:
+                kept = self.acc[..., step:].clone()
+                self.acc.zero_()
+                self.acc[..., : kept.shape[-1]] = kept
+            else:
+                self.acc.zero_()
+            self.base = chunk.offset
+        self.acc[..., : chunk.length] += self.p.weight[: chunk.length] * y
+
+    def finish(self) -> None:
+        if self.acc is not None:
+            self._flush(self.capacity)
+            self.acc = None
+
+    def _flush(self, count: int) -> None:
+        assert self.acc is not None
+        self._emit(self.base, self.acc[..., :count], divide=True)
+
+    def _sum_weight(self, lo: int, hi: int) -> torch.Tensor:
+        """demucs's ``sum_weight[lo:hi]``: the weights of every chunk added in offset order
+        (computed for the window only, not kept for the whole track)."""
+        p, size = self.p, self.capacity
+        total = p.shift + p.length
+        sums = torch.zeros(hi - lo, dtype=p.weight.dtype)
+        first = max(0, (lo - size) // p.stride + 1) * p.stride  # first offset with o + size > lo
+        for offset in range(first, min(hi, total), p.stride):
+            chunk_length = min(total - offset, size)
+            a, b = max(lo, offset), min(hi, offset + chunk_length)
+            if a < b:
+                sums[a - lo : b - lo] += p.weight[a - offset : b - offset]
+        return sums.to(self.out.device)
+
+    def _emit(self, q0: int, values: torch.Tensor, *, divide: bool) -> None:
+        """Add ``values`` (pass samples ``q0 ...``) into ``out``, dropping the shift padding."""
+        p = self.p
+        lo, hi = max(q0, p.shift), min(q0 + values.shape[-1], p.shift + p.length)
+        if lo >= hi:
+            return
+        values = values[..., lo - q0 : hi - q0]
+        if divide:
+            values = values / self._sum_weight(lo, hi)
+        if p.scale is not None:
+            values = values * p.scale
+        self.out[..., lo - p.shift : hi - p.shift] += values
+
+
+# -- the engine ---------------------------------------------------------------------------------
+def apply_model(
+    model: nn.Module,
+    mix: torch.Tensor,
+    *,
+    shifts: int = 1,
+    split: bool = True,
+    overlap: float = 0.25,
+    segment: float | None = None,
+    transition_power: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    batch_segments: int = 4,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    jobs: int = 1,
+    shift_offsets: Sequence[int] | None = None,
+    desc: str | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Separate ``mix`` ``(batch, channels, samples)`` into ``(batch, sources, channels, samples)``.
+
+    Args mirror demucs's ``apply_model``: ``shifts`` random shifts of up to 0.5 s averaged (0: no
+    shift trick), ``split`` into ``segment``-second chunks (default: the model's) cross-faded
+    over ``overlap``, with triangular weights sharpened by ``transition_power``. ``model`` may be
+    a bag (``ModelBag``, the registry's ``BagOfModels``, demucs's, or any object with ``models``
+    and per-source ``weights``), run as demucs runs bags: member by member, each with its shifts.
+
+    ``seed`` seeds the shift offsets (see ``draw_shift_offsets``; ``shift_offsets`` gives them
+    explicitly, one per model and shift), ``batch_segments`` chunks share one forward, ``jobs``
+    forwards run in parallel threads, ``device`` runs the model there (the output stays on
+    ``mix.device``), ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast around the forward
+    only). ``progress`` shows a bar (``desc`` labels it); ``callback(done, total)`` is called
+    after every batch of chunks.
+    """
+    if mix.ndim != 3:
+        raise ValueError(f"mix must be (batch, channels, samples), got shape {tuple(mix.shape)}")
+    if transition_power < 1:
+        raise ValueError("transition_power < 1 leads to weird behaviour (as in demucs)")
+    if not 0 <= overlap < 1:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    if shifts < 0:
+        raise InputError(f"shifts must be >= 0, got {shifts}")
+    if segment is not None and segment <= 0:
+        raise InputError(f"segment must be > 0 seconds, got {segment}")
+    if batch_segments < 1:
+        raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+    bag = _is_bag(model)
+    members = list(zip(model.models, model.weights)) if bag else [(model, None)]
+    if bag and segment is None:
+        segment = getattr(model, "segment", None)
+    info = model_info(members[0][0])
+    n_sources = len(info.sources)
+    for sub, _ in members:
+        _check_segment(sub, segment)
+    batch, channels, length = mix.shape
+    run_device = torch.device(device) if device is not None else mix.device
+    out_dtype = mix.dtype if mix.dtype in (torch.float32, torch.float64) else torch.float32
+    out = torch.zeros(batch, n_sources, channels, length, dtype=out_dtype, device=mix.device)
+    if length == 0:
+        return out
+
+    n_shifts = max(shifts, 1)
+    totals = None
+    if bag:
+        totals = torch.tensor([sum(w[k] for _, w in members) for k in range(n_sources)], dtype=out_dtype)
+    offsets = iter(shift_offsets) if shift_offsets is not None else None
+    rng = random.Random(seed)
+    passes: list[_Pass] = []
+    for sub, source_weights in members:
+        max_shift = int(0.5 * model_info(sub).samplerate)
+        for _ in range(n_shifts):
+            shift = 0
+            if shifts:
+                offset = next(offsets) if offsets is not None else rng.randint(0, max_shift)
+                if not 0 <= offset <= max_shift:
+                    raise ValueError(f"shift offset {offset} outside [0, {max_shift}]")
+                shift = max_shift - offset
+            chunks, weight, stride = _plan_pass(
+                sub,
+                length,
+                shift=shift,
+                split=split,
+                overlap=overlap,
+                segment=segment,
+                transition_power=transition_power,
+            )
+            scale = None
+            if source_weights is not None:  # demucs: estimate *= weight (after /= shifts)
+                factors = torch.tensor([float(w) for w in source_weights], dtype=out_dtype)
+                scale = (factors / n_shifts if n_shifts > 1 else factors).view(n_sources, 1, 1)
+            passes.append(
+                _Pass(sub, shift, length, split, chunks, weight.to(out_dtype, copy=False), stride, scale)
+            )
+
+    total_chunks = sum(len(p.chunks) for p in passes)
+    bar = None
+    if progress:
+        from hybrids.apps.core.progress import progress_bar
+
+        bar = progress_bar(total=total_chunks, desc=desc, unit="chunk")
+    done = 0
+    autocast = (
+        (lambda: torch.autocast(run_device.type, dtype=torch.bfloat16))
+        if precision == "bf16"
+        else contextlib.nullcontext
+    )
+    try:
+        with torch.no_grad():
+            for p in passes:
+                p.model.to(run_device)
+                p.model.eval()
+                adder = _OverlapAdd(out, p)
+                for chunks, y in _forward_batches(
+                    p.model, mix, p.chunks, batch_segments, run_device, autocast, jobs, n_sources, channels
+                ):
+                    for i, chunk in enumerate(chunks):
+                        adder.add(chunk, _centre_trim(y[i], chunk).to(mix.device, out_dtype))
+                    done += len(chunks)
+                    if bar is not None:
+                        bar.update(len(chunks))
+                    if callback is not None:
+                        callback(done, total_chunks)
+                adder.finish()
+        if totals is not None:
+            out /= totals.view(n_sources, 1, 1)
+        elif n_shifts > 1:
+            out /= n_shifts
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _check_segment(model: nn.Module, segment: float | None) -> None:
+    if segment is None or not _fixed_segment(model):
+        return
+    trained = model_info(model).segment
+    if trained is not None and segment > float(trained):
+        raise InputError(
+            f"segment {segment} s is longer than the {float(trained):g} s the transformer model was "
+            f"trained on; use at most {float(trained):g}"
+        )
+
+
+def _centre_trim(y: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
+    """The middle ``chunk.length`` samples of a model output (demucs's ``center_trim``)."""
+    delta = y.shape[-1] - chunk.length
+    if delta < 0:
+        raise RuntimeError(f"the model returned {y.shape[-1]} samples for an input of {chunk.padded}")
+    return y[..., delta // 2 : delta // 2 + chunk.length]
+
+
+def _forward_batches(
+    model: nn.Module,
+    mix: torch.Tensor,
+    chunks: Sequence[_Chunk],
+    batch_segments: int,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    jobs: int,
+    n_sources: int,
+    channels: int,
+) -> Iterator[tuple[list[_Chunk], torch.Tensor]]:
+    """Yield ``(chunks, outputs (n, b, S, C, t))`` in order, ``batch_segments`` chunks of equal
+    padded length per forward, with up to ``jobs`` forwards in flight."""
+    groups: list[list[_Chunk]] = []
+    for chunk in chunks:
+        if groups and len(groups[-1]) < batch_segments and groups[-1][0].padded == chunk.padded:
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+
+    def run(group: list[_Chunk]) -> torch.Tensor:
+        x = torch.cat([_window(mix, c.start, c.padded) for c in group]).to(device)
+        with torch.no_grad(), autocast():  # no_grad and autocast are per thread
+            y = model(x)
+        if y.ndim != 4 or y.shape[1] != n_sources or y.shape[2] != channels or y.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"the model returned shape {tuple(y.shape)} for input {tuple(x.shape)}; expected "
+                f"({x.shape[0]}, {n_sources}, {channels}, samples)"
+            )
+        return y.float().reshape(len(group), mix.shape[0], *y.shape[1:])
+
+    if jobs <= 1:
+        for group in groups:
+            yield group, run(group)
+        return
+    with ThreadPoolExecutor(jobs) as pool:
+        pending: deque = deque()
+        try:
+            for group in groups:
+                pending.append((group, pool.submit(run, group)))
+                if len(pending) >= jobs:
+                    done_group, future = pending.popleft()
+                    yield done_group, future.result()
+            while pending:
+                done_group, future = pending.popleft()
+                yield done_group, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+# -- the Python API -----------------------------------------------------------------------------
+def load_separation_model(
+    model: str | Path = DEFAULT_MODEL,
+    *,
+    weights: str | Path | None = None,
+    repo: str | Path | None = None,
+) -> nn.Module:
+    """A model from a registry name (``"music/htdemucs"``, or short: ``"htdemucs"``) with its
+    ``weights`` (default ``"official"``; a weights name or a file path; ``repo`` is a folder
+    searched for official files before the cache), or from one of our checkpoint folders/files."""
+    from hybrids.apps.core.registry import create_model, get_model_entry
+    from hybrids.apps.core.weights import OFFICIAL, load_weights_into
+
+    path = Path(model).expanduser()
+    if isinstance(model, Path) or path.exists():
+        if not path.exists():
+            raise InputError(f"{path}: no such checkpoint")
+        if weights is not None:
+            raise InputError(f"{path}: a checkpoint carries its own weights; do not pass weights too")
+        from hybrids.apps.core.checkpoint import load_checkpoint
+
+        return load_checkpoint(path)
+    text = str(model)
+    if text.count("/") > 1 or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
+        raise InputError(f"{path}: no such checkpoint (folder or .safetensors file)")
+    name = text if "/" in text else f"music/{text}"
+    spec = OFFICIAL if weights is None else weights
+    if spec != OFFICIAL and Path(spec).expanduser().exists():
+        return create_model(name, weights=spec)  # rebuilds the checkpoint's config
+    built = create_model(name)
+    load_weights_into(built, get_model_entry(name), spec, search_dirs=[repo] if repo else ())
+    return built
+
+
+class Separator:
+    """Separate tracks with a registered model, a checkpoint, or any ``nn.Module`` / bag.
+
+    ``model`` is a registry name (``"music/htdemucs"``; ``"htdemucs"`` works too), a checkpoint
+    folder, or a module; ``weights`` picks the weights of a registry name (default: the official
+    ones). Separation options are those of ``apply_model``. Stems come out at ``samplerate``, the
+    model's rate, whatever the input's rate (as demucs).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | nn.Module = DEFAULT_MODEL,
+        *,
+        weights: str | Path | None = None,
+        repo: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        shifts: int = 1,
+        overlap: float = 0.25,
+        segment: float | None = None,
+        split: bool = True,
+        precision: str = "fp32",
+        seed: int = 0,
+        jobs: int = 1,
+        batch_segments: int = 4,
+        progress: bool = False,
+    ):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if isinstance(model, nn.Module):
+            self.model = model
+        else:
+            self.model = load_separation_model(model, weights=weights, repo=repo)
+        info = model_info(self.model.models[0] if _is_bag(self.model) else self.model)
+        self.sources = list(info.sources)
+        self.samplerate = info.samplerate
+        self.audio_channels = info.audio_channels
+        self.device = torch.device(device)
+        self.options = dict(
+            shifts=shifts,
+            overlap=overlap,
+            segment=segment,
+            split=split,
+            precision=precision,
+            seed=seed,
+            jobs=jobs,
+            batch_segments=batch_segments,
+        )
+        for sub in self.model.models if _is_bag(self.model) else [self.model]:
+            _check_segment(sub, segment)
+        self.progress = progress
+        self.model.to(self.device).eval()
+
+    def separate_tensor(
+        self, wav: torch.Tensor, sample_rate: int | None = None, *, desc: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Stems of ``wav`` ``(channels, samples)`` as ``{source: (channels, samples)}`` at
+        ``self.samplerate`` (``sample_rate`` is the input's; default: the model's)."""
+        from hybrids.datasets.audio import convert_channels, resample
+
+        wav = torch.as_tensor(wav)
+        if wav.ndim != 2:
+            raise InputError(f"expected audio of shape (channels, samples), got {tuple(wav.shape)}")
+        if wav.shape[-1] == 0:
+            raise InputError("the audio has no samples")
+        wav = wav.detach().to("cpu", torch.float32)
+        if sample_rate is not None and sample_rate != self.samplerate:
+            wav = resample(wav, sample_rate, self.samplerate)
+        try:
+            wav = convert_channels(wav, self.audio_channels)
+        except ValueError as exc:
+            raise InputError(f"the audio {exc}") from None
+        ref = wav.mean(0)
+        mean = ref.mean()
+        std = (ref.std() if ref.numel() > 1 else torch.zeros(())) + 1e-8
+        out = apply_model(
+            self.model,
+            ((wav - mean) / std)[None],
+            device=self.device,
+            progress=self.progress,
+            desc=desc,
+            **self.options,
+        )
+        out.mul_(std).add_(mean)
+        return dict(zip(self.sources, out[0]))
+
+    def separate_file(self, path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
+        """Read ``path`` (any format ``load_audio`` reads) and return ``(stems, samplerate)``."""
+        from hybrids.datasets.audio import AudioError, load_audio
+
+        try:
+            wav, rate = load_audio(path, samplerate=self.samplerate, channels=self.audio_channels)
+        except AudioError as exc:
+            raise InputError(str(exc)) from None
+        return self.separate_tensor(wav, rate, desc=Path(path).name), self.samplerate

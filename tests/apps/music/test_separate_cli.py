@@ -1,0 +1,369 @@
+"""``hybrids music separate`` / ``separate`` end to end on real audio with the tiny HT Demucs
+(random weights, saved as one of our checkpoints): every flag, folder input, the Python API
+equivalence, and one-line exit-2 errors that leave no partial stems."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from hybrids.apps.cli import main
+from hybrids.apps.music.cli import separate_main
+from hybrids.apps.music.separate import Separator
+from hybrids.datasets.audio import load_audio, prevent_clip, save_audio
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+MODEL_DIR = "htdemucs_tiny"  # the checkpoint folder's name: the output sub-folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    pytest.importorskip("hybrids.apps.music.models")
+    from hybrids.apps.core.checkpoint import save_checkpoint
+    from hybrids.apps.core.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("music/htdemucs", preset="tiny")  # 1 s segment, 44.1 kHz, 4 sources
+    return save_checkpoint(model, tmp_path_factory.mktemp("models") / MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def tracks(shared_data, tmp_path_factory):
+    """Short excerpts of the real songs: song.wav (3 s, vocals), jazz.flac (2 s), short.wav (0.8 s)."""
+    audio = shared_data / "audio"
+    folder = tmp_path_factory.mktemp("tracks")
+    song, rate = load_audio(audio / "karissa_hobbs-lets_go_fishin.ogg", offset=40.0, duration=3.0)
+    jazz, _ = load_audio(audio / "kevin_macleod-vibe_ace.ogg", offset=10.0, duration=2.0)
+    return {
+        "song": save_audio(song, folder / "song.wav", rate, bits=32, clip="none"),
+        "jazz": save_audio(jazz, folder / "jazz.flac", rate, bits=24, clip="none"),
+        "short": save_audio(song[:, : int(0.8 * rate)], folder / "short.wav", rate, bits=32, clip="none"),
+    }
+
+
+@pytest.fixture(scope="module")
+def api_stems(checkpoint, tracks):
+    """The Python API's stems of song.wav with the default options (what the CLI must write)."""
+    return Separator(checkpoint).separate_file(tracks["song"])[0]
+
+
+def run(*argv: object) -> int:
+    return main(["music", "separate", *map(str, argv)])
+
+
+def read(path: Path) -> torch.Tensor:
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    assert rate == 44100
+    return torch.from_numpy(data.T.copy())
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def test_default_run_writes_the_apis_stems_as_16_bit_wav(checkpoint, tracks, api_stems, tmp_path, capsys):
+    assert run("-n", checkpoint, "-o", tmp_path / "out", tracks["song"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (
+        captured.err == f"hybrids: Stems of 1 track written to {(tmp_path / 'out' / MODEL_DIR).resolve()}\n"
+    )
+    folder = tmp_path / "out" / MODEL_DIR / "song"
+    assert files_under(tmp_path / "out") == [folder / f"{s}.wav" for s in sorted(SOURCES)]
+    for stem in SOURCES:
+        info = soundfile.info(str(folder / f"{stem}.wav"))
+        assert (info.subtype, info.samplerate, info.channels, info.frames) == ("PCM_16", 44100, 2, 3 * 44100)
+        expected = prevent_clip(api_stems[stem], "rescale")
+        assert float((read(folder / f"{stem}.wav") - expected).abs().max()) < 2 / 2**15
+
+
+@pytest.mark.parametrize(
+    ("flags", "suffix", "subtype"),
+    [
+        (["--int24"], "wav", "PCM_24"),
+        (["--float32", "--clip-mode", "none"], "wav", "FLOAT"),
+        (["--flac"], "flac", "PCM_16"),
+        (["--flac", "--int24"], "flac", "PCM_24"),
+        (["--mp3", "--mp3-bitrate", "128", "--mp3-preset", "7"], "mp3", None),
+    ],
+)
+def test_output_formats(checkpoint, tracks, api_stems, tmp_path, flags, suffix, subtype):
+    out = tmp_path / "out"
+    assert run("-q", "-n", checkpoint, "-o", out, *flags, "--two-stems", "vocals", tracks["song"]) == 0
+    path = out / MODEL_DIR / "song" / f"vocals.{suffix}"
+    assert {p.name for p in files_under(out)} == {f"vocals.{suffix}", f"no_vocals.{suffix}"}
+    decoded, rate = load_audio(path)
+    assert rate == 44100 and decoded.shape == (2, 3 * 44100)
+    if subtype is not None:
+        assert soundfile.info(str(path)).subtype == subtype
+    expected = api_stems["vocals"] if "none" in flags else prevent_clip(api_stems["vocals"], "rescale")
+    error = float((decoded - expected).abs().max())
+    if subtype == "FLOAT":  # the API's samples, written unclamped (a model's first run may round
+        assert error < 1e-6  # differently from the next ones, ~1e-8, hence not exact equality)
+    elif subtype is not None:
+        assert error < 2 / 2 ** (15 if subtype == "PCM_16" else 23)
+    else:  # mp3 at 128 kbit/s: size matches the bitrate, content is close
+        assert abs(path.stat().st_size - 128_000 / 8 * 3) < 0.15 * 128_000 / 8 * 3
+        noise = float((decoded - expected).pow(2).sum() / expected.pow(2).sum())
+        assert noise < 0.05
+
+
+def test_clip_mode_clamp(checkpoint, tracks, tmp_path):
+    out = tmp_path / "out"
+    loud = tmp_path / "loud.wav"
+    wav, rate = load_audio(tracks["song"])
+    save_audio(wav * 3, loud, rate, bits=32, clip="none")
+    assert run("-q", "-n", checkpoint, "-o", out, "--float32", "--clip-mode", "clamp", loud) == 0
+    peaks = [float(read(p).abs().max()) for p in files_under(out)]
+    assert len(peaks) == 4 and max(peaks) <= 0.99 + 1e-7
+
+
+def test_folder_input(checkpoint, tracks, tmp_path):
+    folder = tmp_path / "album"
+    folder.mkdir()
+    for key in ("song", "jazz"):
+        shutil.copy(tracks[key], folder / tracks[key].name)
+    save_audio(load_audio(tracks["short"])[0], folder / "intro.mp3", 44100)  # decoded by ffmpeg
+    (folder / "notes.txt").write_text("liner notes")
+    shutil.copy(tracks["song"], folder / ".hidden.wav")
+    out = tmp_path / "out"
+    flags = ["-q", "-n", checkpoint, "-o", out, "--two-stems", "drums", "--other-method", "none"]
+    assert run(*flags, folder) == 0
+    assert [p.relative_to(out).as_posix() for p in files_under(out)] == [
+        f"{MODEL_DIR}/intro/drums.wav",
+        f"{MODEL_DIR}/jazz/drums.wav",
+        f"{MODEL_DIR}/song/drums.wav",
+    ]
+    assert soundfile.info(str(out / MODEL_DIR / "jazz" / "drums.wav")).frames == 2 * 44100
+    assert soundfile.info(str(out / MODEL_DIR / "intro" / "drums.wav")).frames == int(0.8 * 44100)
+
+
+@pytest.mark.parametrize("method", ["add", "minus", "none"])
+def test_two_stems(checkpoint, tracks, api_stems, tmp_path, method):
+    out = tmp_path / "out"
+    flags = ["--float32", "--clip-mode", "none", "--two-stems", "vocals", "--other-method", method]
+    assert run("-q", "-n", checkpoint, "-o", out, *flags, tracks["song"]) == 0
+    folder = out / MODEL_DIR / "song"
+    complement = {"add": "no_vocals", "minus": "minus_vocals", "none": None}[method]  # demucs's names
+    assert {p.stem for p in files_under(out)} == {"vocals"} | ({complement} if complement else set())
+    torch.testing.assert_close(read(folder / "vocals.wav"), api_stems["vocals"], rtol=0, atol=1e-6)
+    if method == "add":
+        others = api_stems["drums"] + api_stems["bass"] + api_stems["other"]
+        torch.testing.assert_close(read(folder / "no_vocals.wav"), others, rtol=0, atol=1e-6)
+    elif method == "minus":
+        mix, _ = load_audio(tracks["song"])
+        torch.testing.assert_close(
+            read(folder / "minus_vocals.wav"), mix - api_stems["vocals"], rtol=0, atol=1e-6
+        )
+
+
+def test_filename_template(checkpoint, tracks, tmp_path):
+    out = tmp_path / "out"
+    template = "{stem}-{track}.{trackext}.{ext}"
+    assert run("-q", "-n", checkpoint, "-o", out, "--filename", template, "--flac", tracks["jazz"]) == 0
+    assert [p.name for p in files_under(out / MODEL_DIR)] == sorted(f"{s}-jazz.flac.flac" for s in SOURCES)
+
+
+@pytest.mark.parametrize(
+    ("flags", "options", "track"),
+    [
+        (["--shifts", "2", "--seed", "3"], {"shifts": 2, "seed": 3}, "song"),
+        (
+            ["--shifts", "0", "--segment", "0.5", "--overlap", "0.5"],
+            {"shifts": 0, "segment": 0.5, "overlap": 0.5},
+            "song",
+        ),
+        (["--no-split", "--shifts", "0"], {"split": False, "shifts": 0}, "short"),
+        (["-j", "2", "--batch-segments", "1", "-d", "cpu"], {"jobs": 2, "batch_segments": 1}, "song"),
+        (["--precision", "bf16"], {"precision": "bf16"}, "song"),
+    ],
+)
+def test_separation_flags_reach_the_engine(checkpoint, tracks, api_stems, tmp_path, flags, options, track):
+    out = tmp_path / "out"
+    assert (
+        run("-q", "-n", checkpoint, "-o", out, "--float32", "--clip-mode", "none", *flags, tracks[track]) == 0
+    )
+    expected = Separator(checkpoint, **options).separate_file(tracks[track])[0]
+    for stem in SOURCES:
+        written = read(out / MODEL_DIR / tracks[track].stem / f"{stem}.wav")
+        torch.testing.assert_close(written, expected[stem], rtol=0, atol=1e-6)
+    if track == "song":
+        default = api_stems["vocals"]
+        if "precision" in options:  # bf16 forward: close to fp32, not equal
+            assert 0 < float((expected["vocals"] - default).norm() / default.norm()) < 0.05
+        elif "jobs" in options:  # parallelism and batching do not change the numbers beyond rounding
+            torch.testing.assert_close(expected["vocals"], default, rtol=1e-5, atol=1e-6)
+        else:
+            assert not torch.allclose(expected["vocals"], default)
+
+
+def test_verbosity_and_the_separate_entry_point(checkpoint, tracks, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert separate_main(["-q", "-n", str(checkpoint), "-o", str(out), str(tracks["short"])]) == 0
+    assert capsys.readouterr().err == ""
+    assert len(files_under(out)) == 4
+    assert separate_main(["-v", "-n", str(checkpoint), "-o", str(out), str(tracks["short"])]) == 0
+    err = capsys.readouterr().err
+    assert "Separating track" in err and "wrote" in err  # -v: debug lines too
+    assert main(["-q", "music", "separate", "-n", str(checkpoint), "-o", str(out), str(tracks["short"])]) == 0
+    assert capsys.readouterr().err == ""
+    assert separate_main(["--help"]) == 0
+    assert "--two-stems" in capsys.readouterr().out
+
+
+def test_weights_and_repo_flags(checkpoint, tracks, tmp_path, capsys):
+    from hybrids.apps.core.registry import get_model_entry
+    from hybrids.apps.core.weights import get_weights
+
+    out = tmp_path / "out"
+    weights = checkpoint / "model.safetensors"
+    assert run("-q", "--weights", weights, "-o", out, "--two-stems", "bass", tracks["short"]) == 0
+    assert (out / "htdemucs" / "short" / "bass.wav").is_file()  # default -n music/htdemucs
+    # --repo is searched for the official file: a wrong file there is rejected by its sha256
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / get_weights(get_model_entry("music/htdemucs").weights[0]).filename).write_bytes(
+        b"not the weights"
+    )
+    capsys.readouterr()
+    assert run("-n", "htdemucs", "--repo", repo, "-o", out, tracks["short"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sha256 mismatch" in err
+
+
+# -- errors -------------------------------------------------------------------------------------
+@pytest.fixture
+def bad_inputs(tmp_path):
+    lyrics = tmp_path / "lyrics.wav"
+    lyrics.write_text("la la la\n" * 50)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    silent = tmp_path / "zero.wav"
+    soundfile.write(str(silent), np.zeros((0, 2), dtype="float32"), 44100)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    return {"lyrics": lyrics, "empty": empty, "zero": silent, "blocker": blocker}
+
+
+ERROR_CASES = {
+    "missing file": (["{missing}"], "missing.wav: no such file"),
+    "not audio": (["{lyrics}"], "lyrics.wav: not an audio file"),
+    "empty file": (["{empty}"], "empty.wav: file is empty (0 bytes)"),
+    "no samples": (["{zero}"], "zero.wav: contains no audio samples"),
+    "unwritable output": (["-o", "{blocker}/out", "{song}"], "cannot create the output folder"),
+    "unknown stem": (["--two-stems", "guitar", "{song}"], 'stem "guitar" is not a source of the model'),
+    "bad template": (["--filename", "{track}/{instrument}.{ext}", "{song}"], "unknown field(s) {instrument}"),
+    "template without stem": (["--filename", "{track}.{ext}", "{song}"], "--filename must contain {stem}"),
+    "segment too long": (["--segment", "2", "{song}"], "longer than the 1 s the transformer model"),
+    "no-split too long": (["--no-split", "{song}"], "song.wav: without splitting, 3.00 s of audio + "),
+    "float flac": (["--float32", "--flac", "{song}"], "--float32 is for WAV output"),
+    "bad overlap": (["--overlap", "1", "{song}"], "--overlap must be in [0, 1)"),
+    "negative shifts": (["--shifts", "-1", "{song}"], "--shifts must be >= 0"),
+    "checkpoint and weights": (
+        ["--weights", "x.safetensors", "{song}"],
+        "a checkpoint carries its own weights",
+    ),
+    "no cuda": (["-d", "cuda", "{song}"], "CUDA is not available"),
+    "missing checkpoint": (["-n", "{tmp}/runs/exp1/best", "{song}"], "best: no such checkpoint"),
+    "empty folder": (["{tmp}/empty_folder"], "empty_folder: folder has no audio files"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_input_errors_exit_2_with_one_line_and_no_stems(
+    checkpoint, tracks, bad_inputs, tmp_path, capsys, case
+):
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    argv, message = ERROR_CASES[case]
+    (tmp_path / "empty_folder").mkdir()
+    names = {**bad_inputs, "missing": tmp_path / "missing.wav", "song": tracks["song"], "tmp": tmp_path}
+    for key, value in names.items():
+        argv = [arg.replace("{" + key + "}", str(value)) for arg in argv]
+    if "-o" not in argv:
+        argv = ["-o", str(tmp_path / "out"), *argv]
+    assert run("-n", checkpoint, *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hybrids: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert files_under(tmp_path / "out") == []
+
+
+def test_default_model_without_weights_offline_is_one_line(tracks, tmp_path, capsys):
+    pytest.importorskip("hybrids.apps.music.models")
+    assert run("-o", tmp_path / "out", tracks["short"]) == 2  # -n htdemucs, weights not in the cache
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "htdemucs" in err and "--weights" in err
+    assert files_under(tmp_path / "out") == []
+
+
+def test_a_failing_track_does_not_stop_the_batch(checkpoint, tracks, bad_inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.wav"
+    inputs = [tracks["short"], missing, bad_inputs["lyrics"], tracks["jazz"]]
+    assert run("-q", "-n", checkpoint, "-o", out, "--two-stems", "vocals", *inputs) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0] == f"hybrids: {missing}: no such file"
+    assert lines[1].startswith(f"hybrids: {bad_inputs['lyrics']}: not an audio file")
+    assert lines[2] == "hybrids: error: 2 of 4 inputs failed (see the messages above)"
+    assert {p.parent.name for p in files_under(out)} == {"short", "jazz"}
+
+
+def test_a_track_failing_midway_leaves_none_of_its_stems(checkpoint, tracks, tmp_path, capsys, monkeypatch):
+    import hybrids.datasets.audio as audio
+
+    real_save = audio.save_audio
+    calls = []
+
+    def flaky_save(wav, path, *args, **kwargs):
+        calls.append(Path(path))
+        if Path(path).parent.name == "jazz" and len([c for c in calls if c.parent.name == "jazz"]) == 3:
+            raise audio.AudioWriteError(f"{path}: cannot write (No space left on device)")
+        return real_save(wav, path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "save_audio", flaky_save)
+    out = tmp_path / "out"
+    assert run("-q", "-n", checkpoint, "-o", out, tracks["short"], tracks["jazz"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "No space left on device" in lines[0] and "1 of 2 inputs failed" in lines[1]
+    assert {p.parent.name for p in files_under(out)} == {"short"}  # jazz's first two stems were removed
+    assert len(files_under(out)) == 4
+    capsys.readouterr()
+    calls.clear()
+    assert run("-n", checkpoint, "-o", out, tracks["jazz"]) == 2  # a single track: one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hybrids: error: ") and "No space left" in err
+
+
+def test_tracks_with_the_same_name_do_not_overwrite_each_other(checkpoint, tracks, tmp_path, capsys):
+    twin = save_audio(load_audio(tracks["short"])[0], tmp_path / "short.flac", 44100)
+    out = tmp_path / "out"
+    flags = ["-q", "-n", checkpoint, "-o", out, "--two-stems", "bass", "--other-method", "none"]
+    assert run(*flags, tracks["short"], twin) == 2
+    assert "would overwrite those of" in capsys.readouterr().err
+    assert [p.parent.name for p in files_under(out)] == ["short"]
+    assert run(*flags, "--filename", "{track}_{trackext}/{stem}.{ext}", tracks["short"], twin) == 0
+    assert {p.parent.name for p in files_under(out / MODEL_DIR)} == {"short", "short_wav", "short_flac"}
+
+
+def test_console_scripts(tmp_path):
+    script = Path(sys.executable).parent / "hybrids"
+    if not script.exists():
+        pytest.skip("console script not installed")
+    result = subprocess.run([str(script), "music", "separate", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--two-stems" in result.stdout
+    separate = Path(sys.executable).parent / "separate"
+    if separate.exists():
+        result = subprocess.run(
+            [str(separate), str(tmp_path / "missing.wav")], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
