@@ -45,6 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(func=_cmd_models)
 
+    bench = commands.add_parser("bench", help="run benchmarks (measured here, beside the peers)")
+    suites = bench.add_subparsers(dest="suite", metavar="SUITE")
+    suites.required = True
+    kernels = suites.add_parser(
+        "kernels",
+        help="compute kernels: SSD scan, factorised and window attention, SDPA",
+        description="Time (best of N) and peak memory of every kernel's reference, fast path and "
+        "peer implementation, each case in a fresh process; prints a table and writes JSON.",
+    )
+    kernels.add_argument(
+        "--only", action="append", choices=["ssd", "attention"], help="run only this suite (repeatable)"
+    )
+    kernels.add_argument("--repeats", type=int, default=3, help="timed runs per case; the best is kept")
+    kernels.add_argument(
+        "-o",
+        "--output",
+        default="bench-results/kernels.json",
+        help="JSON file to write (default: %(default)s)",
+    )
+    kernels.set_defaults(func=_cmd_bench_kernels)
+
     from hybrids.apps.core.registry import available_apps
 
     for app in available_apps():
@@ -105,6 +126,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header) - 1)]
     for row in [header, *table]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _cmd_bench_kernels(args: argparse.Namespace) -> int:
+    from hybrids.apps.core.errors import InputError
+    from hybrids.evaluation.bench.kernels import format_table, run_kernel_benchmarks, save_result
+
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {args.repeats}")
+    result = run_kernel_benchmarks(args.only, repeats=args.repeats, log=logger.info)
+    print(format_table(result))
+    save_result(result, args.output)
+    logger.info("wrote %s", args.output)
     return 0
 
 
