@@ -12,6 +12,11 @@ refused (demucs silently writes 16-bit); ``-j`` defaults to 1 (no extra threads)
 Output: ``OUT/<model>/<--filename>``, ``<model>`` being the model's short name (``htdemucs``) or
 the checkpoint folder's name. A track that fails is reported on one line and the others go on;
 its stems written so far are removed. Exit status 2 if any input failed.
+
+``hybrids music bench [--track PATH] [--seconds S] [--weights PATH] [--repeats N] [-o results.json]``
+separates the same audio with demucs 4.1.0 and with ours on the same weights and prints a table
+of time, ratio to demucs, peak memory and parity (``hybrids.apps.music.bench``); exit status 1
+if a case failed.
 """
 
 from __future__ import annotations
@@ -47,6 +52,15 @@ def add_parser(commands: Any) -> None:
     )
     add_separate_arguments(separate)
     separate.set_defaults(func=run_separate)
+    bench = verbs.add_parser(
+        "bench",
+        help="time and compare our separation with demucs 4.1.0 on the same weights and audio",
+        description="Separate the same real audio with demucs 4.1.0's apply_model and ours, on the same "
+        "weights (--weights FILE, a demucs .th package, or random HT Demucs weights), each case in a "
+        "fresh process; prints wall time, ratio to demucs, peak memory and parity, and writes JSON.",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=run_bench)
 
 
 def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +158,72 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
     parser.add_argument("--batch-segments", type=int, default=4, help="chunks per model forward (default: 4)")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--track",
+        type=Path,
+        help="audio file to separate (default: kevin_macleod-vibe_ace.ogg from ../shared/data/audio)",
+    )
+    parser.add_argument("--seconds", type=float, help="separate only this many seconds (default: all)")
+    parser.add_argument("--offset", type=float, default=0.0, help="start of the excerpt in seconds")
+    parser.add_argument(
+        "--weights", type=Path, help="a demucs .th package for both (default: random weights at --preset)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=["htdemucs", "htdemucs_6s", "tiny"],
+        help="HT Demucs configuration of the random weights (default: htdemucs)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case; the best is kept")
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=["fp32", "bf16"],
+        help="our precision(s), repeatable (default: fp32 and bf16; demucs runs fp32)",
+    )
+    parser.add_argument("--threads", type=int, help="torch threads per case (default: all cores)")
+    parser.add_argument("--shifts", type=int, default=1, help="random shifts, as for separate (default: 1)")
+    parser.add_argument("--batch-segments", type=int, default=4, help="our chunks per forward (default: 4)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("bench-results/music.json"),
+        help="JSON file to write (default: %(default)s)",
+    )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from hybrids.apps.music.bench import format_table, run_music_benchmark, save_result
+
+    if args.weights is not None and args.preset is not None:
+        raise InputError("--preset is for random weights; --weights brings its own configuration")
+    if args.shifts < 0:
+        raise InputError(f"--shifts must be >= 0, got {args.shifts}")
+    if args.batch_segments < 1:
+        raise InputError(f"--batch-segments must be >= 1, got {args.batch_segments}")
+    result = run_music_benchmark(
+        track=args.track,
+        seconds=args.seconds,
+        offset=args.offset,
+        repeats=args.repeats,
+        precision=tuple(args.precision or ("fp32", "bf16")),
+        threads=args.threads,
+        weights=args.weights,
+        preset=args.preset or "htdemucs",
+        shifts=args.shifts,
+        batch_segments=args.batch_segments,
+        log=logger.info,
+    )
+    print(format_table(result))
+    save_result(result, args.output)
+    logger.info("wrote %s", args.output)
+    failed = [f"{r['impl']} {r['precision']}: {r['error']}" for r in result["rows"] if "error" in r]
+    for line in failed:
+        logger.error("%s", line)
+    return 1 if failed else 0
 
 
 def separate_main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,14 @@ What differs, on purpose:
   the track); up to ``batch_segments`` chunks go through the model in one forward; chunks that
   fall entirely into the discarded shift padding are skipped. Peak memory is the output plus
   one segment of sums plus the batches in flight.
-* ``jobs`` runs that many batches concurrently in threads (demucs: one chunk per thread).
+* ``jobs`` runs that many batches concurrently in threads (demucs: one chunk per thread), each
+  with ``threads`` intra-op threads. On CPU the defaults run one single-threaded forward per core
+  (``jobs = torch.get_num_threads()``, ``threads = 1``, ``batch_segments = 1``): HT Demucs is
+  dominated by many mid-sized ops whose intra-op parallel regions synchronise the cores at every
+  op, which costs much more than it gains on 2-4 cores (and collapses on a machine shared with
+  other work), while independent segments need no synchronisation at all; a batch of one segment
+  also keeps the activations small enough for the cache (batch 2 costs 2.2x batch 1 on one core).
+  Measured on the project's 2-core machine, see ``apply_model``.
 * ``precision="bf16"`` runs the model forward under ``torch.autocast`` with bfloat16; the
   accumulation stays in float32.
 
@@ -57,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "music/htdemucs"
 PRECISIONS = ("fp32", "bf16")
+# Default cap on concurrent forwards on CPU: each HT Demucs forward of one segment peaks at
+# ~340 MB (float32), so memory stays bounded on many-core machines (their jobs get more threads).
+_MAX_AUTO_JOBS = 8
 
 
 # -- models and bags ---------------------------------------------------------------------------
@@ -345,10 +355,11 @@ def apply_model(
     transition_power: float = 1.0,
     seed: int = 0,
     progress: bool = False,
-    batch_segments: int = 4,
+    batch_segments: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
-    jobs: int = 1,
+    jobs: int | None = None,
+    threads: int | None = None,
     shift_offsets: Sequence[int] | None = None,
     desc: str | None = None,
     callback: Callable[[int, int], None] | None = None,
@@ -363,10 +374,18 @@ def apply_model(
 
     ``seed`` seeds the shift offsets (see ``draw_shift_offsets``; ``shift_offsets`` gives them
     explicitly, one per model and shift), ``batch_segments`` chunks share one forward, ``jobs``
-    forwards run in parallel threads, ``device`` runs the model there (the output stays on
-    ``mix.device``), ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast around the forward
-    only). ``progress`` shows a bar (``desc`` labels it); ``callback(done, total)`` is called
-    after every batch of chunks.
+    forwards run in parallel threads with ``threads`` intra-op threads each (set with
+    ``torch.set_num_threads`` for the duration of the call, then restored), ``device`` runs the
+    model there (the output stays on ``mix.device``), ``precision`` is ``"fp32"`` or ``"bf16"``
+    (autocast around the forward only). ``progress`` shows a bar (``desc`` labels it);
+    ``callback(done, total)`` is called after every batch of chunks.
+
+    Defaults (``None``): on CPU one single-threaded forward per core (``jobs`` =
+    ``torch.get_num_threads()``, at most 8 and at most the number of forwards, ``threads`` = the
+    cores left per job, 1 on up to 8 cores) of one segment each (``batch_segments = 1``); on other
+    devices ``batch_segments = 4``, ``jobs = 1`` and torch's thread setting untouched. ``jobs=0``
+    means 1 (demucs's ``-j 0``). The result does not depend on ``jobs`` or ``threads`` beyond the
+    float rounding of the model.
     """
     if mix.ndim != 3:
         raise ValueError(f"mix must be (batch, channels, samples), got shape {tuple(mix.shape)}")
@@ -378,8 +397,16 @@ def apply_model(
         raise InputError(f"shifts must be >= 0, got {shifts}")
     if segment is not None and segment <= 0:
         raise InputError(f"segment must be > 0 seconds, got {segment}")
+    run_device = torch.device(device) if device is not None else mix.device
+    on_cpu = run_device.type == "cpu"
+    if batch_segments is None:
+        batch_segments = 1 if on_cpu else 4
     if batch_segments < 1:
         raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
+    if jobs is not None and jobs < 0:
+        raise ValueError(f"jobs must be >= 0, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -392,7 +419,6 @@ def apply_model(
     for sub, _ in members:
         _check_segment(sub, segment)
     batch, channels, length = mix.shape
-    run_device = torch.device(device) if device is not None else mix.device
     out_dtype = mix.dtype if mix.dtype in (torch.float32, torch.float64) else torch.float32
     out = torch.zeros(batch, n_sources, channels, length, dtype=out_dtype, device=mix.device)
     if length == 0:
@@ -432,6 +458,13 @@ def apply_model(
             )
 
     total_chunks = sum(len(p.chunks) for p in passes)
+    auto_jobs = jobs is None
+    if jobs is None:  # one forward per core on CPU (at most _MAX_AUTO_JOBS in memory at once)
+        jobs = min(torch.get_num_threads(), _MAX_AUTO_JOBS) if on_cpu else 1
+        jobs = max(1, min(jobs, -(-total_chunks // batch_segments)))  # no idle workers
+    jobs = max(jobs, 1)  # 0 = no extra thread, as demucs's -j 0
+    if threads is None and on_cpu and (jobs > 1 or auto_jobs):
+        threads = max(1, torch.get_num_threads() // jobs)
     bar = None
     if progress:
         from hybrids.apps.core.progress import progress_bar
@@ -443,6 +476,9 @@ def apply_model(
         if precision == "bf16"
         else contextlib.nullcontext
     )
+    saved_threads = torch.get_num_threads()
+    if threads is not None and threads != saved_threads:
+        torch.set_num_threads(threads)
     try:
         with torch.no_grad():
             for p in passes:
@@ -465,6 +501,8 @@ def apply_model(
         elif n_shifts > 1:
             out /= n_shifts
     finally:
+        if torch.get_num_threads() != saved_threads:
+            torch.set_num_threads(saved_threads)
         if bar is not None:
             bar.close()
     return out
@@ -511,7 +549,9 @@ def _forward_batches(
 
     def run(group: list[_Chunk]) -> torch.Tensor:
         x = torch.cat([_window(mix, c.start, c.padded) for c in group]).to(device)
-        with torch.no_grad(), autocast():  # no_grad and autocast are per thread
+        # inference_mode and autocast are per thread; inference_mode also skips the version
+        # counters and view tracking that no_grad keeps.
+        with torch.inference_mode(), autocast():
             y = model(x)
         if y.ndim != 4 or y.shape[1] != n_sources or y.shape[2] != channels or y.shape[0] != x.shape[0]:
             raise RuntimeError(
@@ -596,8 +636,9 @@ class Separator:
         split: bool = True,
         precision: str = "fp32",
         seed: int = 0,
-        jobs: int = 1,
-        batch_segments: int = 4,
+        jobs: int | None = None,
+        batch_segments: int | None = None,
+        threads: int | None = None,
         progress: bool = False,
     ):
         if precision not in PRECISIONS:
@@ -620,6 +661,7 @@ class Separator:
             seed=seed,
             jobs=jobs,
             batch_segments=batch_segments,
+            threads=threads,
         )
         for sub in self.model.models if _is_bag(self.model) else [self.model]:
             _check_segment(sub, segment)
