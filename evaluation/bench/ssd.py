@@ -155,13 +155,15 @@ def bench_ssd(
     "time_s", "peak_mib", "note"}`` (best of ``repeats`` after a warm-up; peak RSS above the
     pre-call baseline; the fast path takes at least :data:`FAST_REPEATS`). A reference or peer case
     estimated (linearly, from the lowest time per token measured so far) to take over
-    :data:`MAX_CALL_S` per call is skipped with a note; so is the peer without transformers.
+    :data:`MAX_CALL_S` per call is skipped with a note, as is one that failed or timed out at a
+    shorter length, and the peer without transformers.
     The fast rows' notes give the others' time and peak memory relative to the fast path, and the
     fast path's growth from the previous length. ``block_length=None`` skips the block.
     """
     have_transformers = importlib.util.find_spec("transformers") is not None
     per_token: dict[str, float] = {}  # lowest seconds per token measured so far, per impl
     previous_fast: tuple[int, float] | None = None
+    failed: dict[str, int] = {}  # impl -> the length at which it failed or timed out
     rows: list[dict[str, Any]] = []
     for L in sorted(lengths):
         case = f"L={L}"
@@ -176,6 +178,9 @@ def bench_ssd(
             if impl == "transformers" and not have_transformers:
                 rows.append(_row(case, impl, note="skipped: transformers is not installed"))
                 continue
+            if impl != "fast" and impl in failed:
+                rows.append(_row(case, impl, note=f"skipped: failed at L={failed[impl]}"))
+                continue
             estimate = per_token.get(impl, 0.0) * L
             if impl != "fast" and estimate > MAX_CALL_S:
                 rows.append(_row(case, impl, note=f"skipped: estimated {estimate:.0f} s per call"))
@@ -188,6 +193,8 @@ def bench_ssd(
             if "time_s" in result:
                 per_token[impl] = min(per_token.get(impl, math.inf), result["time_s"] / L)
                 measured[impl] = result
+            else:
+                failed[impl] = L
             rows.append(_row(case, impl, result))
         fast = measured.get("fast")
         if fast:

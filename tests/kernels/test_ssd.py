@@ -389,6 +389,31 @@ def test_bench_factories_run_small_cases():
     assert fast.shape == (1, 100, 2, 4) and max_diff(fast, ref) <= 1e-5
 
 
+def test_bench_rows_skips_and_ratios(monkeypatch):
+    from hybrids.evaluation.bench import ssd as bench
+
+    calls = []
+
+    def fake_measure(target, kwargs, *, repeats, timeout_s):
+        calls.append((target.rsplit(":", 1)[1], kwargs.get("L")))
+        if target.endswith("ssd_reference_case"):
+            return {"error": "timed out after 120 s"}
+        scale = 10.0 if target.endswith("transformers_case") else 1.0
+        return {"time_s": 1e-6 * scale * kwargs["L"], "peak_mib": 10.0 * scale}
+
+    monkeypatch.setattr(bench, "measure_case", fake_measure)
+    rows = bench.bench_ssd(lengths=(4096, 1024), block_length=1000)
+    assert [(r["case"], r["impl"]) for r in rows[:3]] == [
+        ("L=1024", i) for i in ("fast", "reference", "transformers")
+    ]
+    assert rows[0]["note"].startswith("transformers: 10.0x the time, 10.0x the peak memory")
+    assert rows[3]["note"].endswith("4.00x the time of L=1024")
+    assert rows[4]["note"] == "skipped: failed at L=1024" and rows[4]["time_s"] is None
+    assert rows[-1]["case"] == "mamba2 block L=1000" and "< 4096 MiB" in rows[-1]["note"]
+    assert ("ssd_reference_case", 4096) not in calls
+    assert {"group", "case", "impl", "time_s", "peak_mib", "note"} == set(rows[0])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("g", [1, 2])
 def test_mamba_ssm_kernel_matches_the_chunked_path(g):
