@@ -203,7 +203,7 @@ def hybrids_case(
     overlap: float = 0.25,
     seed: int = 0,
     precision: str = "fp32",
-    batch_segments: int = 4,
+    batch_segments: int | None = None,
     out: str | None = None,
 ) -> Callable[[], None]:
     """Ours: ``hybrids.apps.music.separate.apply_model`` on the package read by our loader."""
@@ -264,7 +264,7 @@ def bench_music(
     shifts: int = 1,
     overlap: float = 0.25,
     seed: int = 0,
-    batch_segments: int = 4,
+    batch_segments: int | None = None,
     timeout_s: float | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] | None = None,

@@ -148,7 +148,11 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
         help="MP3 encoder quality: 2 best ... 7 fastest (default: 2)",
     )
     parser.add_argument(
-        "-j", "--jobs", type=int, default=1, help="chunk batches run in parallel threads (default: 1)"
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="chunk batches run in parallel threads (default: one per CPU core on CPU, else 1)",
     )
     parser.add_argument(
         "--precision",
@@ -157,7 +161,9 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
         help="model compute precision (default: fp32)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
-    parser.add_argument("--batch-segments", type=int, default=4, help="chunks per model forward (default: 4)")
+    parser.add_argument(
+        "--batch-segments", type=int, default=None, help="chunks per forward (default: 1 on CPU, else 4)"
+    )
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +191,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch threads per case (default: all cores)")
     parser.add_argument("--shifts", type=int, default=1, help="random shifts, as for separate (default: 1)")
-    parser.add_argument("--batch-segments", type=int, default=4, help="our chunks per forward (default: 4)")
+    parser.add_argument(
+        "--batch-segments", type=int, default=None, help="our chunks per forward (default: 1 on CPU, else 4)"
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -202,7 +210,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InputError("--preset is for random weights; --weights brings its own configuration")
     if args.shifts < 0:
         raise InputError(f"--shifts must be >= 0, got {args.shifts}")
-    if args.batch_segments < 1:
+    if args.batch_segments is not None and args.batch_segments < 1:
         raise InputError(f"--batch-segments must be >= 1, got {args.batch_segments}")
     result = run_music_benchmark(
         track=args.track,
@@ -317,9 +325,9 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.segment is not None and args.segment <= 0:
         raise InputError(f"--segment must be > 0 seconds, got {args.segment}")
-    if args.jobs < 0:
+    if args.jobs is not None and args.jobs < 0:
         raise InputError(f"--jobs must be >= 0, got {args.jobs}")
-    if args.batch_segments < 1:
+    if args.batch_segments is not None and args.batch_segments < 1:
         raise InputError(f"--batch-segments must be >= 1, got {args.batch_segments}")
     if args.mp3_bitrate <= 0:
         raise InputError(f"--mp3-bitrate must be > 0, got {args.mp3_bitrate}")
@@ -398,7 +406,7 @@ def _make_separator(args: argparse.Namespace) -> Any:
         split=args.split,
         precision=args.precision,
         seed=args.seed,
-        jobs=max(1, args.jobs),
+        jobs=None if args.jobs is None else max(1, args.jobs),
         batch_segments=args.batch_segments,
         progress=True,
     )
