@@ -169,7 +169,7 @@ def create_model(
     import torch
 
     entry = get_model_entry(name)
-    if config is None and preset is None and weights is not None and weights != "official":
+    if config is None and preset is None and weights is not None:
         config = _config_from_checkpoint(entry, weights)
     if config is not None:
         if preset is not None:
@@ -194,19 +194,12 @@ def create_model(
 
 
 def _config_from_checkpoint(entry: ModelEntry, weights: str | Path) -> ModelConfig | None:
-    """The config stored with one of our checkpoints, so ``weights=PATH`` rebuilds its shape."""
-    from hybrids.apps.core.checkpoint import read_checkpoint_info
-    from hybrids.apps.core.errors import CheckpointError
+    """The config stored with the weights (ours, or a third-party file's own, e.g. a demucs
+    package's kwargs), so ``weights=...`` rebuilds their shape."""
+    from hybrids.apps.core.weights import weights_config
 
-    path = Path(weights).expanduser()
-    if not path.exists():
-        return None
-    info = read_checkpoint_info(path)
-    if info is None:
-        return None
-    if info["model"] != entry.name:
-        raise CheckpointError(f"{path}: is a checkpoint of {info['model']}, not of {entry.name}")
-    return entry.config_cls.from_dict(info["config"])
+    fields = weights_config(entry, weights)
+    return None if fields is None else entry.config_cls.from_dict(fields)
 
 
 def count_parameters(name: str, preset: str | None = None, **overrides: Any) -> int:

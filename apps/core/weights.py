@@ -14,8 +14,16 @@ entry name or a user's path into a verified local file:
    ``HYBRIDS_OFFLINE=1`` (or no network) the error names the file, the URL, the cache path and
    ``--weights PATH``.
 
+A weights set made of several files (a bag of models, e.g. ``htdemucs_ft``) is one entry whose
+``parts`` name the single-file entries, in order: ``resolve_weights_files`` finds or fetches each
+of them (the licence is printed once), and the entry's ``to_state_dict``/``to_config`` receive the
+list of what the parts hold.
+
 ``load_state_dict`` reads safetensors (ours and third parties'), or a third-party pickle through
-the restricted unpickler, and never anything else.
+the restricted unpickler, and never anything else. ``read_model_weights`` reads the weights of a
+registered model together with the config they were trained with (our checkpoints' config, or a
+third-party file's own description through the entry's ``to_config``), so a file whose shape
+differs from the model's preset still loads, strictly.
 """
 
 from __future__ import annotations
@@ -51,12 +59,12 @@ _HASH_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class WeightsEntry:
-    """One downloadable weights file and everything needed to use it correctly."""
+    """One downloadable weights file (or a set of them) and everything needed to use it correctly."""
 
     name: str  # registry key, e.g. "music/htdemucs"
-    url: str
-    sha256: str  # full lower-case hex digest
-    license: str  # short licence text shown on first download
+    url: str = ""
+    sha256: str = ""  # full lower-case hex digest
+    license: str = ""  # short licence text shown on first download
     filename: str = ""  # cache file name; default: the URL's last path component
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -66,8 +74,21 @@ class WeightsEntry:
     pickle_stubs: tuple[str, ...] = ()
     # Turns the loaded object (a dict of tensors, or a pickled structure) into a state dict.
     to_state_dict: Callable[[Any], dict[str, torch.Tensor]] | None = None
+    # Reads the model's config fields from the loaded object (e.g. the init kwargs a demucs package
+    # stores), so the model is built in the file's shape; None: the file does not say.
+    to_config: Callable[[Any], Mapping[str, Any]] | None = None
+    # A set of several files: the names of their single-file entries, in order. Such an entry has
+    # no url/sha256/filename of its own; its loaded object is the list of the parts' objects (each
+    # read with its part's pickle allow-list), handed to its to_state_dict and to_config.
+    parts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.parts:
+            if self.url or self.sha256 or self.filename:
+                raise ValueError(f"weights {self.name!r}: an entry with parts has no url, sha256 or filename")
+            return
+        if not self.url or not self.license:
+            raise ValueError(f"weights {self.name!r}: a url and a licence are required")
         if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
             raise ValueError(f"weights {self.name!r}: sha256 must be 64 lower-case hex digits")
         if not self.filename:
@@ -206,7 +227,8 @@ def resolve_weights(
     """Turn a weights-entry name or a path into ``(local file, entry or None)``.
 
     ``allow_download`` defaults to "unless ``HYBRIDS_OFFLINE`` is set". Errors are
-    ``WeightsError``/``InputError`` with one line naming the file and what to do.
+    ``WeightsError``/``InputError`` with one line naming the file and what to do. An entry of
+    several files goes through :func:`resolve_weights_files`.
     """
     if isinstance(spec, Path) or spec not in _WEIGHTS:
         path = Path(spec).expanduser()
@@ -217,41 +239,85 @@ def resolve_weights(
         known = ", ".join(sorted(_WEIGHTS)) or "none registered"
         raise WeightsError(f"{spec}: neither a weights file nor a known weights name (known: {known})")
     entry = _WEIGHTS[str(spec)]
+    if entry.parts:
+        raise WeightsError(f"weights {entry.name!r} are {len(entry.parts)} files: use resolve_weights_files")
+    local = _find_local(entry, search_dirs)
+    if local is not None:
+        return local, entry
+    return _fetch(entry, allow_download=allow_download, licence=entry.license), entry
 
-    for folder in search_dirs:
+
+def resolve_weights_files(
+    spec: str | Path,
+    *,
+    search_dirs: Iterable[str | Path] = (),
+    allow_download: bool | None = None,
+) -> tuple[list[Path], WeightsEntry | None]:
+    """Every file of ``spec``: the parts of an entry of several files, in order (each found in
+    ``search_dirs`` or the cache, else downloaded; the licence is printed once), or the one file
+    :func:`resolve_weights` finds for anything else."""
+    entry = _WEIGHTS.get(spec) if isinstance(spec, str) else None
+    if entry is None or not entry.parts:
+        path, found = resolve_weights(spec, search_dirs=search_dirs, allow_download=allow_download)
+        return [path], found
+    search_dirs = list(search_dirs)
+    parts = [get_weights(name) for name in entry.parts]
+    found_paths = [_find_local(part, search_dirs) for part in parts]
+    paths: list[Path] = []
+    licence: str | None = entry.license or parts[0].license
+    for index, (part, path) in enumerate(zip(parts, found_paths)):
+        if path is None:
+            where = f"file {index + 1} of {len(parts)} of {entry.name!r}"
+            path = _fetch(part, allow_download=allow_download, licence=licence, part_of=where)
+            licence = None  # shown with the first download only
+        paths.append(path)
+    return paths, entry
+
+
+def _find_local(entry: WeightsEntry, search_dirs: Iterable[str | Path]) -> Path | None:
+    """The entry's file in one of ``search_dirs`` (``--repo``) or in the cache, hash-verified."""
+    for folder in [*search_dirs, cache_dir()]:
         candidate = Path(folder).expanduser() / entry.filename
         if candidate.is_file():
             verify_file(candidate, entry.sha256)
-            return candidate, entry
+            return candidate
+    return None
 
+
+def _fetch(
+    entry: WeightsEntry, *, allow_download: bool | None, licence: str | None, part_of: str = ""
+) -> Path:
+    """Download the entry's file into the cache, printing ``licence`` (when given) first."""
     cached = cache_dir() / entry.filename
-    if cached.is_file():
-        verify_file(cached, entry.sha256)
-        return cached, entry
-
     if allow_download is None:
         allow_download = not offline()
-    hint = f"download it on a connected machine and pass --weights PATH, or copy it to {cached}"
+    label = f"weights {entry.name!r} ({entry.filename}{', ' + part_of if part_of else ''})"
+    hint = (
+        "download it on a connected machine and pass --weights PATH (or --repo DIR, the folder holding "
+        f"it), or copy it to {cached}"
+    )
     if not allow_download:
         raise WeightsError(
-            f"weights {entry.name!r} ({entry.filename}) are not in the cache ({cached}) and downloads are "
-            f"disabled (HYBRIDS_OFFLINE); the file is at {entry.url}: {hint}"
+            f"{label} are not in the cache ({cached}) and downloads are disabled (HYBRIDS_OFFLINE); "
+            f"the file is at {entry.url}: {hint}"
         )
-    print(f"Downloading weights {entry.name!r} from {entry.url}\nLicence: {entry.license}", file=sys.stderr)
+    print(f"Downloading weights {entry.name!r} from {entry.url}", file=sys.stderr)
+    if licence:
+        print(f"Licence: {licence}", file=sys.stderr)
     try:
         download(entry.url, cached, entry.sha256)
     except _DownloadError as exc:
         raise WeightsError(
-            f"weights {entry.name!r} ({entry.filename}) could not be downloaded from {entry.url} ({exc}) "
-            f"and are not in the cache ({cached}): {hint}"
+            f"{label} could not be downloaded from {entry.url} ({exc}) and are not in the cache ({cached}): "
+            f"{hint}"
         ) from None
-    return cached, entry
+    return cached
 
 
 def _entry_for_file(path: Path) -> WeightsEntry | None:
     """The entry whose official file name ``path`` carries (then its hash is checked), if any."""
     for entry in _WEIGHTS.values():
-        if path.is_file() and path.name == entry.filename:
+        if not entry.parts and path.is_file() and path.name == entry.filename:
             verify_file(path, entry.sha256)
             return entry
     return None
@@ -305,9 +371,10 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({reason})") from None
 
 
-def load_state_dict(path: str | Path, entry: WeightsEntry | None = None) -> dict[str, torch.Tensor]:
-    """Read a state dict from a safetensors file, a checkpoint folder, or (through the restricted
-    unpickler) a third-party PyTorch pickle, then apply the entry's ``to_state_dict``."""
+def read_weights_file(path: str | Path, entry: WeightsEntry | None = None) -> Any:
+    """What a weights file holds, read safely: the tensors of a safetensors file (or of a checkpoint
+    folder's ``model.safetensors``), or a third-party PyTorch pickle through the restricted
+    unpickler with the entry's allow-list. The entry's ``to_state_dict`` is not applied."""
     from hybrids.apps.core.restricted_pickle import load_pickled_checkpoint
 
     path = Path(path)
@@ -321,22 +388,39 @@ def load_state_dict(path: str | Path, entry: WeightsEntry | None = None) -> dict
         raise CheckpointError(f"{path}: file is empty")
     kind = sniff_format(path)
     if kind == "safetensors":
-        loaded: Any = load_safetensors(path)
-    elif kind.startswith("torch"):
-        loaded = load_pickled_checkpoint(
+        return load_safetensors(path)
+    if kind.startswith("torch"):
+        return load_pickled_checkpoint(
             path,
             allowed_globals=entry.pickle_globals if entry else None,
             stub_classes=entry.pickle_stubs if entry else (),
         )
-    else:
-        raise CheckpointError(f"{path}: unknown checkpoint format (expected safetensors or a PyTorch file)")
+    raise CheckpointError(f"{path}: unknown checkpoint format (expected safetensors or a PyTorch file)")
+
+
+def _naming(source: str | Path, convert: Callable[[Any], Any], loaded: Any) -> Any:
+    """``convert(loaded)``, its one-line errors prefixed with the file they are about."""
+    try:
+        return convert(loaded)
+    except (CheckpointError, InputError) as exc:
+        message = str(exc)
+        raise type(exc)(message if message.startswith(str(source)) else f"{source}: {message}") from None
+
+
+def _as_state_dict(loaded: Any, entry: WeightsEntry | None, source: str | Path) -> dict[str, torch.Tensor]:
     if entry is not None and entry.to_state_dict is not None:
-        loaded = entry.to_state_dict(loaded)
+        loaded = _naming(source, entry.to_state_dict, loaded)
     elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]  # Lightning / common training-script layout
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"{path}: does not contain a state dict of tensors")
+        raise CheckpointError(f"{source}: does not contain a state dict of tensors")
     return loaded
+
+
+def load_state_dict(path: str | Path, entry: WeightsEntry | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors file, a checkpoint folder, or (through the restricted
+    unpickler) a third-party PyTorch pickle, then apply the entry's ``to_state_dict``."""
+    return _as_state_dict(read_weights_file(path, entry), entry, path)
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
@@ -360,32 +444,102 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_weights_into(
-    model: nn.Module, entry: ModelEntry, weights: str | Path, *, search_dirs: Iterable[str | Path] = ()
-) -> None:
-    """Resolve ``weights`` for a registered model and load them strictly.
+# -- weights of a registered model -------------------------------------------------------------
+@dataclass
+class ModelWeights:
+    """Weights read for a registered model."""
 
-    ``weights`` is ``"official"`` (the model's first weights entry), a weights-entry name, or a
-    path (a file or one of our checkpoint folders). The preprocessing recorded with the weights is
-    attached as ``model.preprocessing``.
-    """
+    source: Path  # the file (the first part, for an entry of several files), for messages
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None  # config fields stored with the weights; None: they do not say
+    preprocessing: dict[str, Any] | None  # what the model expects; None: not recorded
+    entry: WeightsEntry | None  # the weights entry the files were read with, if any
+
+
+def _resolve_for_model(
+    entry: ModelEntry, weights: str | Path, search_dirs: Iterable[str | Path]
+) -> tuple[list[Path], WeightsEntry | None, bool]:
+    """``(files, the entry to read them with, whether that entry is only borrowed)``."""
     spec: str | Path = weights
     if weights == OFFICIAL:
         if not entry.weights:
             raise WeightsError(f"{entry.name} has no official weights; pass a checkpoint path instead")
         spec = entry.weights[0]
-    path, weights_entry = resolve_weights(spec, search_dirs=search_dirs)
+    paths, weights_entry = resolve_weights_files(spec, search_dirs=search_dirs)
+    path = paths[0]
     if weights_entry is None and entry.weights and path.is_file() and sniff_format(path).startswith("torch"):
         # A third-party pickle under a name of the user's (e.g. a fine-tuned demucs file): read it
         # the way the model's official file is read (same allow-list and layout), without the hash.
-        weights_entry = _WEIGHTS.get(entry.weights[0])
-    state_dict = load_state_dict(path, weights_entry)
-    load_into(model, state_dict, path)
-    if weights_entry is not None:
-        model.preprocessing = dict(weights_entry.preprocessing)
-    else:
-        from hybrids.apps.core.checkpoint import read_checkpoint_info
+        official = _WEIGHTS.get(entry.weights[0])
+        if official is not None and official.parts:
+            names = ", ".join(get_weights(part).filename for part in official.parts)
+            raise InputError(
+                f"{path}: {entry.name} takes {len(official.parts)} weights files ({names}), not one; "
+                "put them in a folder and pass it with --repo DIR"
+            )
+        return paths, official, official is not None
+    return paths, weights_entry, False
 
-        info = read_checkpoint_info(path)
-        if info is not None:
-            model.preprocessing = dict(info.get("preprocessing") or {})
+
+def _read_config(
+    entry: ModelEntry, paths: list[Path], weights_entry: WeightsEntry | None, borrowed: bool, loaded: Any
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(config fields, preprocessing)`` stored with the weights. A user's file read with the
+    official entry's reader gets no preprocessing: the official one need not apply to it."""
+    if weights_entry is not None:
+        to_config = weights_entry.to_config
+        config = _naming(paths[0], to_config, loaded) if to_config is not None else None
+        preprocessing = None if borrowed else dict(weights_entry.preprocessing)
+        return (dict(config) if config is not None else None), preprocessing
+    from hybrids.apps.core.checkpoint import read_checkpoint_info
+
+    info = read_checkpoint_info(paths[0])
+    if info is None:
+        return None, None
+    if info["model"] != entry.name:
+        raise CheckpointError(f"{paths[0]}: is a checkpoint of {info['model']}, not of {entry.name}")
+    return dict(info["config"]), dict(info.get("preprocessing") or {})
+
+
+def _read_loaded(paths: list[Path], weights_entry: WeightsEntry | None) -> Any:
+    if weights_entry is not None and weights_entry.parts:
+        return [read_weights_file(path, get_weights(part)) for path, part in zip(paths, weights_entry.parts)]
+    return read_weights_file(paths[0], weights_entry)
+
+
+def read_model_weights(
+    entry: ModelEntry, weights: str | Path, *, search_dirs: Iterable[str | Path] = ()
+) -> ModelWeights:
+    """Resolve and read ``weights`` for a registered model: ``"official"`` (the model's first
+    weights entry), a weights-entry name, or a path (a file or one of our checkpoint folders);
+    ``search_dirs`` are searched for official files before the cache."""
+    paths, weights_entry, borrowed = _resolve_for_model(entry, weights, search_dirs)
+    loaded = _read_loaded(paths, weights_entry)
+    state_dict = _as_state_dict(loaded, weights_entry, paths[0])
+    config, preprocessing = _read_config(entry, paths, weights_entry, borrowed, loaded)
+    return ModelWeights(paths[0], state_dict, config, preprocessing, weights_entry)
+
+
+def weights_config(
+    entry: ModelEntry, weights: str | Path, *, search_dirs: Iterable[str | Path] = ()
+) -> dict[str, Any] | None:
+    """The config fields stored with ``weights`` (see :func:`read_model_weights`), or ``None``:
+    ours in ``config.json``/the safetensors metadata, a third-party file's through its entry's
+    ``to_config`` (e.g. a demucs package's init kwargs)."""
+    paths, weights_entry, borrowed = _resolve_for_model(entry, weights, search_dirs)
+    if weights_entry is not None and weights_entry.to_config is None:
+        return None
+    loaded = _read_loaded(paths, weights_entry) if weights_entry is not None else None
+    return _read_config(entry, paths, weights_entry, borrowed, loaded)[0]
+
+
+def load_weights_into(
+    model: nn.Module, entry: ModelEntry, weights: str | Path, *, search_dirs: Iterable[str | Path] = ()
+) -> None:
+    """Resolve ``weights`` for a registered model and load them strictly (see
+    :func:`read_model_weights`). The preprocessing recorded with the weights is attached as
+    ``model.preprocessing``."""
+    found = read_model_weights(entry, weights, search_dirs=search_dirs)
+    load_into(model, found.state_dict, found.source)
+    if found.preprocessing is not None:
+        model.preprocessing = found.preprocessing

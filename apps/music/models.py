@@ -14,13 +14,17 @@ def htdemucs(config: HTDemucsConfig) -> HTDemucs:
     return HTDemucs(config)
 
 
-@register_model("music/htdemucs_6s", config=HTDemucsConfig, preset="htdemucs_6s")
+@register_model(
+    "music/htdemucs_6s", config=HTDemucsConfig, preset="htdemucs_6s", weights="music/htdemucs_6s"
+)
 def htdemucs_6s(config: HTDemucsConfig) -> HTDemucs:
     """HT Demucs, experimental 6 sources (adds guitar and piano)."""
     return HTDemucs(config)
 
 
-@register_model("music/htdemucs_ft", config=HTDemucsBagConfig, preset="htdemucs_ft")
+@register_model(
+    "music/htdemucs_ft", config=HTDemucsBagConfig, preset="htdemucs_ft", weights="music/htdemucs_ft"
+)
 def htdemucs_ft(config: HTDemucsBagConfig) -> BagOfModels:
     """Bag of four HT Demucs, each fine-tuned for one source."""
     return BagOfModels(config)

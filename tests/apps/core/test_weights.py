@@ -220,3 +220,79 @@ def test_user_pickle_is_read_with_the_models_official_reader(fake_apps, entry_fa
     model = create_model("testapp/net", weights=finetuned)
     x = torch.randn(4, 3)
     assert torch.equal(model(x), source(x))
+
+
+# -- entries of several files -------------------------------------------------------------------
+@pytest.fixture
+def two_part_net(fake_apps, entry_factory, tmp_path):
+    """``testapp/net-v1`` as two safetensors files (the first layer, the rest), served from
+    ``tmp_path/server``; its ``to_config`` reads the width from the first file's shapes."""
+    source = create_model("testapp/net", width=8)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    blobs = []
+    for index, keys in enumerate([[k for k in state if k.startswith("layers.0.")], None]):
+        part = {k: v for k, v in state.items() if (k in keys if keys else not k.startswith("layers.0."))}
+        path = tmp_path / f"part{index}.safetensors"
+        save_file(part, str(path))
+        blobs.append(path.read_bytes())
+    parts = [
+        entry_factory(name=f"testapp/net-v1/{i}", data=blob, filename=f"net-v1-{i}-0123abcd.safetensors")
+        for i, blob in enumerate(blobs)
+    ]
+    parent = W.register_weights(
+        W.WeightsEntry(
+            "testapp/net-v1",
+            license="CC-BY-NC 4.0 (test bag)",
+            preprocessing={"sample_rate": 8000},
+            to_state_dict=lambda loaded: {k: v for part in loaded for k, v in part.items()},
+            to_config=lambda loaded: {"width": int(loaded[0]["layers.0.weight"].shape[0])},
+            parts=tuple(p.name for p in parts),
+        )
+    )
+    yield source, parts, parent
+    W.unregister_weights(parent.name)
+
+
+def test_entry_of_parts_downloads_each_file_and_prints_the_licence_once(two_part_net, online, capsys):
+    source, parts, parent = two_part_net
+    with pytest.raises(WeightsError, match="are 2 files: use resolve_weights_files"):
+        W.resolve_weights(parent.name)
+    paths, entry = W.resolve_weights_files(parent.name)
+    assert entry is parent and paths == [W.cache_dir() / p.filename for p in parts]
+    err = capsys.readouterr().err
+    assert err.count("Downloading weights") == 2 and err.count("Licence: CC-BY-NC 4.0 (test bag)") == 1
+    model = create_model("testapp/net", weights="official")  # config from the files: width 8
+    assert model.layers[0].out_features == 8 and model.preprocessing == {"sample_rate": 8000}
+    x = torch.randn(4, 3)
+    assert torch.equal(model(x), source(x))
+    assert "Downloading" not in capsys.readouterr().err  # now from the cache
+
+
+def test_entry_of_parts_offline_names_the_missing_file(two_part_net, tmp_path):
+    _, parts, parent = two_part_net
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / parts[0].filename).write_bytes((tmp_path / "server" / parts[0].filename).read_bytes())
+    with pytest.raises(WeightsError) as info:  # HYBRIDS_OFFLINE=1 (conftest)
+        W.resolve_weights_files(parent.name, search_dirs=[repo])
+    message = str(info.value)
+    for needle in (parts[1].filename, "file 2 of 2 of 'testapp/net-v1'", parts[1].url, "--weights PATH"):
+        assert needle in message
+    assert "\n" not in message
+    (repo / parts[1].filename).write_bytes(b"tampered")
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        W.resolve_weights_files(parent.name, search_dirs=[repo])
+
+
+def test_one_user_file_for_a_model_of_several_files_is_refused(two_part_net, tmp_path):
+    finetuned = tmp_path / "finetuned.pt"
+    torch.save({"layers.0.weight": torch.zeros(8, 3)}, finetuned)
+    with pytest.raises(InputError, match=r"finetuned.pt: testapp/net takes 2 weights files .*--repo DIR"):
+        create_model("testapp/net", weights=finetuned)
+
+
+def test_entry_of_parts_validation():
+    with pytest.raises(ValueError, match="an entry with parts has no url"):
+        W.WeightsEntry("x/y", "https://example.org/a.th", parts=("x/a",))
+    with pytest.raises(ValueError, match="a url and a licence are required"):
+        W.WeightsEntry("x/y", "https://example.org/a.th", "a" * 64)

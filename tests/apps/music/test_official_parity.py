@@ -200,17 +200,22 @@ def test_htdemucs_ft_bag_separates_like_demucs(demucs_modules, shared_data, tmp_
 
 
 # -- a 6-source release through the registry --------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnsafeCheckpointError,
-    reason="music/htdemucs_6s has no weights entry, so create_model(weights=FILE.th) reads the file "
-    "without the demucs allow-list (fractions.Fraction, the HTDemucs stub) and refuses it",
-)
 def test_6_source_release_loads_through_the_registry(demucs_modules, tmp_path, perturb):
+    """``music/htdemucs_6s`` reads a user's ``.th`` with the demucs allow-list, builds the package's
+    own configuration (tiny, not the preset) and loads it strictly; ``music/htdemucs`` does too."""
     config = HTDemucsConfig.from_preset("tiny", sources=SOURCES_6)
     path = write_release(demucs_modules, tmp_path, config, seed=3, sig="7e57a006", perturb=perturb)
+    expected = model_from_demucs_package(path)
+    for name in ("music/htdemucs_6s", "music/htdemucs"):
+        model = create_model(name, weights=path)
+        assert model.config == config
+        for key, value in expected.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+    # an explicit preset still wins, and then the file must fit it
     model = create_model("music/htdemucs_6s", preset="tiny", sources=SOURCES_6, weights=path)
     assert model.config.sources == SOURCES_6
+    with pytest.raises(CheckpointError, match=r"7e57a006-.*\.th: weights do not fit music/htdemucs_6s"):
+        create_model("music/htdemucs_6s", preset="tiny", weights=path)
 
 
 # -- hostile packages -------------------------------------------------------------------------------
