@@ -23,12 +23,14 @@ the file and the problem; this module never imports ``hybrids.apps``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +41,9 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "AudioInfo",
+    "AudioReader",
     "AudioWriteError",
+    "AudioWriter",
     "EmptyAudioError",
     "MissingAudioError",
     "NotAudioError",
@@ -249,6 +253,124 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     return AudioInfo(int(round(seconds * samplerate)), samplerate, channels)
 
 
+class AudioReader:
+    """Decode ``path`` block by block, for files too long to hold in memory.
+
+    ``for block in AudioReader(path, samplerate=44100, channels=2): ...`` yields float32 tensors
+    ``(channels, n)`` converted and resampled exactly as ``load_audio`` does (the same soxr VHQ
+    resampler, streamed: the concatenated blocks equal ``load_audio``'s output bit for bit). The
+    file's header is read on construction (``AudioError`` for missing, empty or non-audio files
+    and impossible channel conversions); decoding errors and files with no samples raise while
+    iterating. ``block_frames`` is the size of the blocks read from the decoder (before resampling).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        samplerate: int | None = None,
+        channels: int | None = None,
+        block_frames: int = 1 << 18,
+    ):
+        self.path = _check_input(path)
+        info = audio_info(self.path)
+        self.source_samplerate, self.source_channels = info.samplerate, info.channels
+        self.samplerate = int(samplerate or info.samplerate)
+        self.channels = int(channels or info.channels)
+        if self.samplerate <= 0 or block_frames < 1:
+            raise ValueError(f"samplerate and block_frames must be > 0, got {samplerate}, {block_frames}")
+        if self.channels != self.source_channels and self.channels != 1 and self.source_channels != 1:
+            if self.source_channels < self.channels:
+                raise UnsupportedAudioError(
+                    f"{self.path}: has {self.source_channels} channels; cannot make {self.channels} "
+                    "from it (only from mono)"
+                )
+        self.block_frames = int(block_frames)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        import soxr
+
+        stream = None
+        if self.source_samplerate != self.samplerate:
+            stream = soxr.ResampleStream(
+                self.source_samplerate, self.samplerate, self.channels, dtype="float32", quality="VHQ"
+            )
+        total = 0
+        for frames in self._decoded():
+            total += frames.shape[0]
+            wav = convert_channels(torch.from_numpy(np.ascontiguousarray(frames.T)), self.channels)
+            if stream is None:
+                yield wav.contiguous()
+                continue
+            out = stream.resample_chunk(np.ascontiguousarray(wav.numpy().T))
+            if out.shape[0]:
+                yield torch.from_numpy(np.ascontiguousarray(out.T))
+        if total == 0:
+            raise EmptyAudioError(f"{self.path}: contains no audio samples")
+        if stream is not None:
+            out = stream.resample_chunk(np.zeros((0, self.channels), dtype=np.float32), last=True)
+            if out.shape[0]:
+                yield torch.from_numpy(np.ascontiguousarray(out.T))
+
+    def _decoded(self) -> Iterator[np.ndarray]:
+        """Float32 frames ``(n, source channels)`` from soundfile, or from ffmpeg when libsndfile
+        cannot open the file."""
+        if self.path.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+            import soundfile
+
+            try:
+                handle = soundfile.SoundFile(str(self.path))
+            except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
+                handle = None
+            if handle is not None:
+                with handle:
+                    while True:
+                        try:
+                            frames = handle.read(self.block_frames, dtype="float32", always_2d=True)
+                        except (soundfile.LibsndfileError, RuntimeError) as exc:
+                            raise NotAudioError(f"{self.path}: cannot decode audio ({exc})") from None
+                        if frames.shape[0] == 0:
+                            return
+                        yield frames
+        yield from self._decoded_ffmpeg()
+
+    def _decoded_ffmpeg(self) -> Iterator[np.ndarray]:
+        import tempfile
+
+        ffmpeg = _ffmpeg_binary()
+        if ffmpeg is None:
+            raise NotAudioError(f"{self.path}: cannot be read by soundfile and ffmpeg is not installed")
+        channels = self.source_channels
+        command = [ffmpeg, "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:a:0", "-f", "f32le"]
+        command += ["-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(self.source_samplerate), "-"]
+        frame_bytes = 4 * channels
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+            try:
+                assert process.stdout is not None
+                rest = b""
+                while True:
+                    data = process.stdout.read(self.block_frames * frame_bytes)
+                    if not data:
+                        break
+                    data = rest + data
+                    usable = len(data) - len(data) % frame_bytes
+                    rest = data[usable:]
+                    if usable:
+                        yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
+                code = process.wait()
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
+            if code != 0:
+                errors.seek(0)
+                reason = _short_reason(errors.read().decode("utf-8", "replace"), self.path) or "ffmpeg failed"
+                raise NotAudioError(f"{self.path}: cannot decode audio ({reason})")
+
+
 def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
     """``(..., C, T)`` to ``channels`` channels, as demucs's ``convert_audio_channels``: same
     count → unchanged; mono asked → mean of all channels; mono source → duplicated; more
@@ -304,6 +426,18 @@ def _to_int(frames: np.ndarray, bits: int) -> np.ndarray:
     return ints.astype("<i4") << 8  # 24-bit samples on the top bits of int32 (libsndfile's layout)
 
 
+def _check_write_options(path: Path, bits: int) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in _WRITE_EXTENSIONS:
+        what = suffix or "files without an extension"
+        raise UnsupportedAudioError(f"{path}: cannot write {what}; use {', '.join(_WRITE_EXTENSIONS)}")
+    if bits not in (16, 24, 32):
+        raise UnsupportedAudioError(f"{path}: bits must be 16, 24 or 32 (float), got {bits}")
+    if suffix == ".flac" and bits == 32:
+        raise UnsupportedAudioError(f"{path}: FLAC cannot store 32-bit float samples; use 16 or 24 bits")
+    return suffix
+
+
 def save_audio(
     wav: torch.Tensor | np.ndarray,
     path: str | os.PathLike,
@@ -322,78 +456,207 @@ def save_audio(
     fastest; ``mp3_encoder`` "auto" = ffmpeg if installed else lameenc). ``clip`` is applied first.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _WRITE_EXTENSIONS:
-        what = suffix or "files without an extension"
-        raise UnsupportedAudioError(f"{path}: cannot write {what}; use {', '.join(_WRITE_EXTENSIONS)}")
-    if bits not in (16, 24, 32):
-        raise UnsupportedAudioError(f"{path}: bits must be 16, 24 or 32 (float), got {bits}")
-    if suffix == ".flac" and bits == 32:
-        raise UnsupportedAudioError(f"{path}: FLAC cannot store 32-bit float samples; use 16 or 24 bits")
+    _check_write_options(path, bits)
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, got {clip!r}")
     tensor = torch.as_tensor(wav).detach().to("cpu", torch.float32)
     if tensor.ndim != 2:
         raise ValueError(f"{path}: expected audio of shape (channels, samples), got {tuple(tensor.shape)}")
-    if samplerate <= 0:
-        raise ValueError(f"{path}: samplerate must be positive, got {samplerate}")
-    frames = np.ascontiguousarray(prevent_clip(tensor, clip).numpy().T)  # (samples, channels)
-    try:
-        with atomic_write_path(path) as tmp:
-            if suffix == ".mp3":
-                _write_mp3(frames, tmp, samplerate, mp3_bitrate, mp3_preset, mp3_encoder)
-            else:
-                _write_soundfile(frames, tmp, samplerate, bits, "WAV" if suffix == ".wav" else "FLAC")
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise AudioWriteError(f"{path}: cannot write ({reason})") from None
+    with AudioWriter(
+        path,
+        samplerate,
+        tensor.shape[0],
+        bits=bits,
+        mp3_bitrate=mp3_bitrate,
+        mp3_preset=mp3_preset,
+        mp3_encoder=mp3_encoder,
+    ) as writer:
+        writer.write(prevent_clip(tensor, clip))
     return path
 
 
-def _write_soundfile(frames: np.ndarray, path: Path, samplerate: int, bits: int, fmt: str) -> None:
-    import soundfile
+class AudioWriter:
+    """Write audio block by block, atomically: ``with AudioWriter(path, 44100, 2) as w:
+    w.write(block)``; the file appears at ``path`` only when the ``with`` block ends without an
+    error (until then it is a hidden temporary file beside it, removed on failure).
 
-    if bits == 32:
-        data, subtype = frames.astype("<f4"), "FLOAT"
-    else:
-        data, subtype = _to_int(frames, bits), f"PCM_{bits}"
-    try:
-        soundfile.write(str(path), data, samplerate, subtype=subtype, format=fmt)
-    except soundfile.LibsndfileError as exc:
-        raise OSError(f"libsndfile: {exc}") from None
+    Blocks are float ``(channels, n)`` tensors or arrays; integer formats clip them to [-1, 1]
+    (apply ``prevent_clip`` before, for the whole signal, to rescale instead). Formats and options
+    as ``save_audio``. Errors raise ``AudioWriteError`` naming the file.
+    """
 
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        samplerate: int,
+        channels: int,
+        *,
+        bits: int = 16,
+        mp3_bitrate: int = 320,
+        mp3_preset: int = 2,
+        mp3_encoder: str = "auto",
+    ):
+        self.path = Path(path)
+        self.suffix = _check_write_options(self.path, bits)
+        if samplerate <= 0:
+            raise ValueError(f"{self.path}: samplerate must be positive, got {samplerate}")
+        if channels < 1:
+            raise ValueError(f"{self.path}: channels must be >= 1, got {channels}")
+        if mp3_encoder not in ("auto", "lameenc", "ffmpeg"):
+            raise ValueError(f"mp3_encoder must be auto, lameenc or ffmpeg, got {mp3_encoder!r}")
+        if self.suffix == ".mp3" and channels > 2:
+            raise UnsupportedAudioError(f"{self.path}: MP3 holds at most 2 channels, got {channels}")
+        self.samplerate, self.channels, self.bits = int(samplerate), int(channels), bits
+        self.mp3_bitrate, self.mp3_preset, self.mp3_encoder = int(mp3_bitrate), int(mp3_preset), mp3_encoder
+        self._context: Any = None
+        self._sink: Any = None
 
-def _write_mp3(
-    frames: np.ndarray, path: Path, samplerate: int, bitrate: int, preset: int, encoder: str
-) -> None:
-    if encoder not in ("auto", "lameenc", "ffmpeg"):
-        raise ValueError(f"mp3_encoder must be auto, lameenc or ffmpeg, got {encoder!r}")
-    if frames.shape[1] > 2:
-        raise UnsupportedAudioError(f"{path}: MP3 holds at most 2 channels, got {frames.shape[1]}")
-    pcm = _to_int(frames, 16)
-    ffmpeg = _ffmpeg_binary()
-    if encoder == "lameenc" or (encoder == "auto" and ffmpeg is None):
+    def __enter__(self) -> AudioWriter:
+        self._context = self._open()
         try:
-            import lameenc
-        except ImportError:
-            raise UnsupportedAudioError(
-                f"{path}: writing MP3 needs ffmpeg or lameenc (pip install lameenc)"
-            ) from None
-        enc = lameenc.Encoder()
-        enc.set_bit_rate(int(bitrate))
-        enc.set_in_sample_rate(int(samplerate))
-        enc.set_channels(int(pcm.shape[1]))
-        enc.set_quality(int(preset))
-        enc.silence()
-        data = enc.encode(pcm.tobytes()) + enc.flush()
-        path.write_bytes(bytes(data))
-        return
-    if ffmpeg is None:
-        raise UnsupportedAudioError(f"{path}: writing MP3 with mp3_encoder='ffmpeg' needs ffmpeg")
-    command = [ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "s16le", "-ar", str(samplerate)]
-    command += ["-ac", str(pcm.shape[1]), "-i", "-", "-codec:a", "libmp3lame", "-b:a", f"{int(bitrate)}k"]
-    command += ["-compression_level", str(int(preset)), "-f", "mp3", str(path)]
-    result = subprocess.run(command, input=pcm.tobytes(), capture_output=True)
-    if result.returncode != 0:
-        reason = _short_reason(result.stderr.decode("utf-8", "replace")) or "ffmpeg failed"
-        raise OSError(f"ffmpeg could not encode MP3 ({reason})")
+            self._sink = self._context.__enter__()
+        except OSError as exc:
+            raise AudioWriteError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        context, self._context, self._sink = self._context, None, None
+        try:
+            context.__exit__(exc_type, exc, traceback)
+        except OSError as error:
+            if exc_type is not None:
+                raise
+            raise AudioWriteError(f"{self.path}: cannot write ({error.strerror or error})") from None
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Any]:
+        with atomic_write_path(self.path) as tmp:  # renamed on success, removed on any error
+            sink = _Mp3Sink(tmp, self) if self.suffix == ".mp3" else _SoundfileSink(tmp, self)
+            try:
+                yield sink
+            except BaseException:
+                sink.abort()
+                raise
+            sink.close()
+
+    def write(self, block: torch.Tensor | np.ndarray) -> None:
+        """Append ``block`` ``(channels, n)``."""
+        if self._sink is None:
+            raise RuntimeError("AudioWriter.write outside its `with` block")
+        array = torch.as_tensor(block).detach().to("cpu", torch.float32).numpy()
+        if array.ndim != 2 or array.shape[0] != self.channels:
+            raise ValueError(f"{self.path}: expected a block ({self.channels}, n), got {array.shape}")
+        if array.shape[1] == 0:
+            return
+        try:
+            self._sink.write(np.ascontiguousarray(array.T))
+        except OSError as exc:
+            raise AudioWriteError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+
+
+class _SoundfileSink:
+    def __init__(self, tmp: Path, writer: AudioWriter):
+        import soundfile
+
+        self.bits = writer.bits
+        subtype = "FLOAT" if writer.bits == 32 else f"PCM_{writer.bits}"
+        fmt = "WAV" if writer.suffix == ".wav" else "FLAC"
+        try:
+            self.handle = soundfile.SoundFile(
+                str(tmp), "w", writer.samplerate, writer.channels, subtype=subtype, format=fmt
+            )
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise OSError(f"libsndfile: {exc}") from None
+
+    def write(self, frames: np.ndarray) -> None:
+        import soundfile
+
+        data = frames.astype("<f4") if self.bits == 32 else _to_int(frames, self.bits)
+        try:
+            self.handle.write(data)
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise OSError(f"libsndfile: {exc}") from None
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.handle.close()
+
+
+class _Mp3Sink:
+    """16-bit PCM into ffmpeg's libmp3lame (preferred: sample-aligned output) or lameenc."""
+
+    def __init__(self, tmp: Path, writer: AudioWriter):
+        import tempfile
+
+        self.process: subprocess.Popen | None = None
+        self.encoder: Any = None
+        ffmpeg = _ffmpeg_binary()
+        if writer.mp3_encoder == "lameenc" or (writer.mp3_encoder == "auto" and ffmpeg is None):
+            try:
+                import lameenc
+            except ImportError:
+                raise UnsupportedAudioError(
+                    f"{writer.path}: writing MP3 needs ffmpeg or lameenc (pip install lameenc)"
+                ) from None
+            self.encoder = lameenc.Encoder()
+            self.encoder.set_bit_rate(writer.mp3_bitrate)
+            self.encoder.set_in_sample_rate(writer.samplerate)
+            self.encoder.set_channels(writer.channels)
+            self.encoder.set_quality(writer.mp3_preset)
+            self.encoder.silence()
+            self.file = open(tmp, "wb")
+            return
+        if ffmpeg is None:
+            raise UnsupportedAudioError(f"{writer.path}: writing MP3 with mp3_encoder='ffmpeg' needs ffmpeg")
+        command = [ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "s16le", "-ar", str(writer.samplerate)]
+        command += ["-ac", str(writer.channels), "-i", "-", "-codec:a", "libmp3lame"]
+        command += ["-b:a", f"{writer.mp3_bitrate}k", "-compression_level", str(writer.mp3_preset)]
+        command += ["-f", "mp3", str(tmp)]
+        self.errors = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=self.errors)
+
+    def write(self, frames: np.ndarray) -> None:
+        pcm = _to_int(frames, 16).tobytes()
+        if self.encoder is not None:
+            self.file.write(bytes(self.encoder.encode(pcm)))
+            return
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(pcm)
+        except BrokenPipeError:
+            self.process.wait()
+            raise OSError(f"ffmpeg could not encode MP3 ({self._reason()})") from None
+
+    def close(self) -> None:
+        if self.encoder is not None:
+            self.file.write(bytes(self.encoder.flush()))
+            self.file.close()
+            return
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = self.process.wait()
+        reason = self._reason()
+        self.errors.close()
+        if code != 0:
+            raise OSError(f"ffmpeg could not encode MP3 ({reason})")
+
+    def abort(self) -> None:
+        if self.encoder is not None:
+            self.file.close()
+            return
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        with contextlib.suppress(Exception):
+            self.process.stdin.close()  # type: ignore[union-attr]
+        self.errors.close()
+
+    def _reason(self) -> str:
+        self.errors.seek(0)
+        return _short_reason(self.errors.read().decode("utf-8", "replace")) or "ffmpeg failed"

@@ -11,7 +11,10 @@ refused (demucs silently writes 16-bit); ``-j`` defaults to 1 (no extra threads)
 
 Output: ``OUT/<model>/<--filename>``, ``<model>`` being the model's short name (``htdemucs``) or
 the checkpoint folder's name. A track that fails is reported on one line and the others go on;
-its stems written so far are removed. Exit status 2 if any input failed.
+its stems written so far are removed. Exit status 2 if any input failed. Tracks are streamed
+(``Separator.stream_file``): decoded once into a temporary file in a hidden folder under
+``OUT/<model>``, separated chunk by chunk, stems spooled and encoded block by block, so memory
+does not grow with the track's length (a 20-minute track stays under 2 GB with htdemucs).
 
 ``hybrids music bench [--track PATH] [--seconds S] [--weights PATH] [--repeats N] [-o results.json]``
 separates the same audio with demucs 4.1.0 and with ours on the same weights and prints a table
@@ -82,10 +85,15 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--weights", help="weights for -n NAME: a file, or a weights name (default: the official ones)"
+        "--weights",
+        help="weights for -n NAME: a file (a demucs .th package or one of our checkpoints), or a weights "
+        "name (default: the official ones)",
     )
     parser.add_argument(
-        "--repo", type=Path, help="folder holding official weights files (searched before the cache)"
+        "--repo",
+        type=Path,
+        help="folder of weights files: the official ones (searched before the cache), or a demucs "
+        "repository (NAME.yaml bags, <signature>-<sha8>.th models)",
     )
     parser.add_argument(
         "-o",
@@ -421,63 +429,162 @@ def _separate_one(
     bits: int,
     claimed: dict[Path, Path],
 ) -> None:
-    """Separate one track and write its stems; on any failure remove what was written for it."""
-    import torch
+    """Separate one track and write its stems, streaming: memory does not grow with the track's
+    length. Stems are spooled as float32 in a hidden folder under ``out_dir`` when
+    ``--clip-mode rescale`` needs their peaks, then encoded; every file appears only complete
+    (temporary file + rename), and on any failure the files written for this track are removed."""
+    import contextlib
+    import tempfile
 
-    from hybrids.datasets.audio import AudioError, load_audio, save_audio
+    import torch
 
     name, _, suffix = track.name.rpartition(".")
     if not name:  # no dot in the name
         name, suffix = track.name, ""
+    if args.stem is None:
+        names = list(separator.sources)
+    else:
+        names = [args.stem] + {"minus": [f"minus_{args.stem}"], "add": [f"no_{args.stem}"]}.get(
+            args.other_method, []
+        )
+    targets = {stem: out_dir / _format_name(args.filename, name, suffix, stem, ext) for stem in names}
+    for target in targets.values():
+        owner = claimed.get(target)
+        if owner is not None and owner != track:
+            raise InputError(
+                f"{track}: its stems would overwrite those of {owner} ({target}); "
+                "rename one or use --filename with {trackext}"
+            )
+
+    def outputs_of(stems: dict[str, Any], mix: Any) -> dict[str, Any]:
+        if args.stem is None:
+            return stems
+        chosen = stems[args.stem]
+        outputs = {args.stem: chosen}
+        if args.other_method == "minus":
+            outputs[f"minus_{args.stem}"] = mix - chosen
+        elif args.other_method == "add":  # the other stems summed in order, as demucs
+            others = torch.zeros_like(chosen)
+            for stem, value in stems.items():
+                if stem != args.stem:
+                    others += value
+            outputs[f"no_{args.stem}"] = others
+        return outputs
+
     written: list[Path] = []
     try:
-        try:
-            wav, rate = load_audio(track, samplerate=separator.samplerate, channels=separator.audio_channels)
-        except AudioError as exc:
-            raise InputError(str(exc)) from None
-        try:
-            stems = separator.separate_tensor(wav, rate, desc=track.name)
-        except InputError as exc:
-            raise InputError(f"{track}: {exc}") from None
-        if args.stem is None:
-            outputs = dict(stems)
-        else:
-            chosen = stems.pop(args.stem)
-            outputs = {args.stem: chosen}
-            if args.other_method == "minus":
-                outputs[f"minus_{args.stem}"] = wav - chosen
-            elif args.other_method == "add":  # the other stems summed in order, as demucs
-                others = torch.zeros_like(chosen)
-                for value in stems.values():
-                    others += value
-                outputs[f"no_{args.stem}"] = others
-        del wav
-        targets = {stem: out_dir / _format_name(args.filename, name, suffix, stem, ext) for stem in outputs}
-        for target in targets.values():
-            owner = claimed.get(target)
-            if owner is not None and owner != track:
-                raise InputError(
-                    f"{track}: its stems would overwrite those of {owner} ({target}); "
-                    "rename one or use --filename with {trackext}"
-                )
-        for stem, target in targets.items():
-            try:
-                save_audio(
-                    outputs[stem],
-                    target,
-                    separator.samplerate,
-                    bits=bits,
-                    clip=args.clip_mode,
-                    mp3_bitrate=args.mp3_bitrate,
-                    mp3_preset=args.mp3_preset,
-                )
-            except AudioError as exc:
-                raise InputError(str(exc)) from None
-            written.append(target)
-            claimed[target] = track
-            logger.debug("wrote %s", target)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".hybrids-separate-") as tmp:
+            if args.clip_mode == "rescale":
+                spools = {stem: _Spool(Path(tmp) / f"{i}.f32") for i, stem in enumerate(names)}
+                with contextlib.ExitStack() as stack:
+                    for spool in spools.values():
+                        stack.enter_context(spool)
+
+                    def spool_block(start: int, stems: dict[str, Any], mix: Any) -> None:
+                        for stem, value in outputs_of(stems, mix).items():
+                            spools[stem].write(value)
+
+                    _stream(separator, track, spool_block, tmp)
+                for stem, target in targets.items():
+                    scale = max(1.01 * spools[stem].peak, 1.0)  # demucs's prevent_clip "rescale"
+                    with _writer(target, separator, bits, args) as writer:
+                        for block in spools[stem].blocks():
+                            writer.write(block / scale)
+                    written.append(target)
+                    claimed[target] = track
+                    logger.debug("wrote %s", target)
+            else:
+                with contextlib.ExitStack() as stack:  # all stems at once, completed together
+                    writers = {
+                        stem: stack.enter_context(_writer(t, separator, bits, args))
+                        for stem, t in targets.items()
+                    }
+
+                    def write_block(start: int, stems: dict[str, Any], mix: Any) -> None:
+                        for stem, value in outputs_of(stems, mix).items():
+                            writers[stem].write(
+                                value.clamp(-0.99, 0.99) if args.clip_mode == "clamp" else value
+                            )
+
+                    _stream(separator, track, write_block, tmp)
+                    written.extend(targets.values())  # renamed into place as the stack closes
+                for target in targets.values():
+                    claimed[target] = track
+                    logger.debug("wrote %s", target)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
             claimed.pop(path, None)
         raise
+
+
+def _stream(separator: Any, track: Path, on_block: Any, tmp: str) -> None:
+    try:
+        separator.stream_file(track, on_block, tmp_dir=tmp, desc=track.name)
+    except InputError as exc:
+        message = str(exc)
+        raise InputError(message if message.startswith(str(track)) else f"{track}: {message}") from None
+
+
+def _writer(target: Path, separator: Any, bits: int, args: argparse.Namespace) -> Any:
+    from hybrids.datasets.audio import AudioError, AudioWriter
+
+    class _Writer(AudioWriter):  # AudioError (unwritable folder, disk full) -> InputError
+        def __enter__(self) -> AudioWriter:
+            try:
+                return super().__enter__()
+            except AudioError as exc:
+                raise InputError(str(exc)) from None
+
+        def write(self, block: Any) -> None:
+            try:
+                super().write(block)
+            except AudioError as exc:
+                raise InputError(str(exc)) from None
+
+        def __exit__(self, *exc: Any) -> None:
+            try:
+                super().__exit__(*exc)
+            except AudioError as error:
+                raise InputError(str(error)) from None
+
+    return _Writer(
+        target,
+        separator.samplerate,
+        separator.audio_channels,
+        bits=bits,
+        mp3_bitrate=args.mp3_bitrate,
+        mp3_preset=args.mp3_preset,
+    )
+
+
+class _Spool:
+    """A stem as raw float32 frames in a temporary file, with its running peak |sample|."""
+
+    def __init__(self, path: Path, block_frames: int = 1 << 18):
+        self.path, self.block_frames = path, block_frames
+        self.peak, self.channels = 0.0, 0
+        self.handle: Any = None
+
+    def __enter__(self) -> _Spool:
+        self.handle = open(self.path, "wb")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+    def write(self, block: Any) -> None:
+        """``block``: ``(channels, n)`` float tensor."""
+        self.channels = block.shape[0]
+        if block.numel():
+            self.peak = max(self.peak, float(block.abs().max()))
+        self.handle.write(block.T.contiguous().numpy().tobytes())
+
+    def blocks(self) -> Any:
+        import numpy as np
+        import torch
+
+        with open(self.path, "rb") as handle:
+            while data := handle.read(self.block_frames * self.channels * 4):
+                frames = np.frombuffer(data, dtype="<f4").reshape(-1, self.channels)
+                yield torch.from_numpy(frames.T.copy())

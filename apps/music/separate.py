@@ -23,6 +23,11 @@ What differs, on purpose:
   the track); up to ``batch_segments`` chunks go through the model in one forward; chunks that
   fall entirely into the discarded shift padding are skipped. Peak memory is the output plus
   one segment of sums plus the batches in flight.
+* Long tracks: ``stream_model`` runs all passes (shifts, models of a bag) together through the
+  track, reading the mix on demand and handing completed stems out block by block;
+  ``Separator.stream_file`` (used by the command line) decodes the file once into a temporary
+  float32 file and reads it back by chunk, so memory does not depend on the track's length
+  (demucs holds the track, a padded copy, and a full-length buffer per shift and per model).
 * ``jobs`` runs that many batches concurrently in threads (demucs: one chunk per thread), each
   with ``threads`` intra-op threads. On CPU the defaults run one single-threaded forward per core
   (``jobs = torch.get_num_threads()``, ``threads = 1``, ``batch_segments = 1``): HT Demucs is
@@ -271,20 +276,22 @@ def _plan_pass(
 
 
 class _OverlapAdd:
-    """Adds one pass's chunk outputs into ``out`` in demucs's order of operations.
+    """Adds one pass's chunk outputs into ``target`` in demucs's order of operations.
 
     demucs accumulates ``weight * chunk`` into a full-length buffer per pass, divides it by the
     weight sums, and adds the result into the total. Chunks arrive in increasing offset, so once
     a chunk at offset ``o`` arrives every sample before ``o`` is complete: we keep only a
     segment-long window of the pass's buffer, and move each completed sample (divided by its
-    weight sum, scaled for bags) into ``out``. Same operations, same order, same rounding.
+    weight sum, scaled for bags) into the target. Same operations, same order, same rounding.
+    ``frontier`` is the first mix sample this pass may still change.
     """
 
-    def __init__(self, out: torch.Tensor, p: _Pass):
-        self.out, self.p = out, p
+    def __init__(self, target: _Target, p: _Pass):
+        self.target, self.p = target, p
         self.capacity = len(p.weight)
         self.acc: torch.Tensor | None = None
         self.base = 0  # pass sample held at acc[..., 0]
+        self.frontier = 0
 
     def add(self, chunk: _Chunk, y: torch.Tensor) -> None:
         """``y``: the chunk's centre-trimmed output, ``(batch, sources, channels, chunk.length)``."""
@@ -292,7 +299,7 @@ class _OverlapAdd:
             self._emit(chunk.offset, y, divide=False)
             return
         if self.acc is None:
-            self.acc = self.out.new_zeros(*self.out.shape[:3], self.capacity)
+            self.acc = torch.zeros(*y.shape[:3], self.capacity, dtype=y.dtype, device=y.device)
             self.base = chunk.offset
         step = chunk.offset - self.base
         if step > 0:
@@ -305,11 +312,13 @@ class _OverlapAdd:
                 self.acc.zero_()
             self.base = chunk.offset
         self.acc[..., : chunk.length] += self.p.weight[: chunk.length] * y
+        self.frontier = max(self.frontier, min(self.p.length, self.base - self.p.shift))
 
     def finish(self) -> None:
         if self.acc is not None:
             self._flush(self.capacity)
             self.acc = None
+        self.frontier = self.p.length
 
     def _flush(self, count: int) -> None:
         assert self.acc is not None
@@ -327,23 +336,186 @@ class _OverlapAdd:
             a, b = max(lo, offset), min(hi, offset + chunk_length)
             if a < b:
                 sums[a - lo : b - lo] += p.weight[a - offset : b - offset]
-        return sums.to(self.out.device)
+        return sums
 
     def _emit(self, q0: int, values: torch.Tensor, *, divide: bool) -> None:
-        """Add ``values`` (pass samples ``q0 ...``) into ``out``, dropping the shift padding."""
+        """Add ``values`` (pass samples ``q0 ...``) into the target, dropping the shift padding."""
         p = self.p
         lo, hi = max(q0, p.shift), min(q0 + values.shape[-1], p.shift + p.length)
         if lo >= hi:
             return
         values = values[..., lo - q0 : hi - q0]
         if divide:
-            values = values / self._sum_weight(lo, hi)
+            values = values / self._sum_weight(lo, hi).to(values.device)
         if p.scale is not None:
             values = values * p.scale
-        self.out[..., lo - p.shift : hi - p.shift] += values
+        self.target.add(lo - p.shift, values)
+
+
+class _Target:
+    """Where the passes' completed samples go: ``add(start, values (batch, S, C, n))`` in mix
+    time; ``release(upto)`` once no pass will change samples before ``upto``; ``finish()``."""
+
+    def __init__(self, normalise: Callable[[torch.Tensor], None]):
+        self.normalise = normalise  # in place: the final division by shifts / bag weights
+
+    def add(self, start: int, values: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def release(self, upto: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _TensorTarget(_Target):
+    """The whole output in memory (``apply_model``)."""
+
+    def __init__(self, out: torch.Tensor, normalise: Callable[[torch.Tensor], None]):
+        super().__init__(normalise)
+        self.out = out
+
+    def add(self, start: int, values: torch.Tensor) -> None:
+        self.out[..., start : start + values.shape[-1]] += values
+
+    def finish(self) -> None:
+        self.normalise(self.out)
+
+
+class _StreamTarget(_Target):
+    """A sliding window of running sums; completed samples go to ``sink(start, block)`` in order,
+    normalised, and leave memory (``stream_model``). The window grows to the spread of the
+    passes in flight (about two segments plus the largest shift)."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        dtype: torch.dtype,
+        length: int,
+        sink: Callable[[int, torch.Tensor], None],
+        normalise: Callable[[torch.Tensor], None],
+    ):
+        super().__init__(normalise)
+        self.shape, self.dtype, self.length, self.sink = shape, dtype, length, sink
+        self.buf = torch.zeros(*shape, 0, dtype=dtype)
+        self.base = 0  # mix sample held at buf[..., 0]
+
+    def add(self, start: int, values: torch.Tensor) -> None:
+        end = start + values.shape[-1]
+        if start < self.base:
+            raise RuntimeError(f"sample {start} was already released (window starts at {self.base})")
+        if end - self.base > self.buf.shape[-1]:
+            grown = torch.zeros(*self.shape, max(end - self.base, 2 * self.buf.shape[-1]), dtype=self.dtype)
+            grown[..., : self.buf.shape[-1]] = self.buf
+            self.buf = grown
+        self.buf[..., start - self.base : end - self.base] += values.to(self.dtype)
+
+    def release(self, upto: int) -> None:
+        count = min(upto, self.length) - self.base
+        if count <= 0:
+            return
+        if count > self.buf.shape[-1]:  # nothing was added there (cannot happen with real passes)
+            self.add(self.base, torch.zeros(*self.shape, count, dtype=self.dtype))
+        block = self.buf[..., :count].clone()
+        kept = self.buf.shape[-1] - count
+        self.buf[..., :kept] = self.buf[..., count:].clone()
+        self.buf[..., kept:] = 0
+        self.normalise(block)
+        self.sink(self.base, block)
+        self.base += count
+
+    def finish(self) -> None:
+        self.release(self.length)
 
 
 # -- the engine ---------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    passes: list[_Pass]
+    n_sources: int
+    dtype: torch.dtype  # of the overlap-add and the output
+    normalise: Callable[[torch.Tensor], None]
+
+
+def _plan(
+    model: nn.Module,
+    length: int,
+    dtype: torch.dtype,
+    *,
+    shifts: int,
+    split: bool,
+    overlap: float,
+    segment: float | None,
+    transition_power: float,
+    seed: int,
+    shift_offsets: Sequence[int] | None,
+) -> _Plan:
+    """Check the options and lay out every pass (model of a bag x shift) over ``length`` samples."""
+    if transition_power < 1:
+        raise ValueError("transition_power < 1 leads to weird behaviour (as in demucs)")
+    if not 0 <= overlap < 1:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    if shifts < 0:
+        raise InputError(f"shifts must be >= 0, got {shifts}")
+    if segment is not None and segment <= 0:
+        raise InputError(f"segment must be > 0 seconds, got {segment}")
+    bag = _is_bag(model)
+    members = list(zip(model.models, model.weights)) if bag else [(model, None)]
+    if bag and segment is None:
+        segment = getattr(model, "segment", None)
+    n_sources = len(model_info(members[0][0]).sources)
+    for sub, _ in members:
+        _check_segment(sub, segment)
+
+    n_shifts = max(shifts, 1)
+    offsets = iter(shift_offsets) if shift_offsets is not None else None
+    rng = random.Random(seed)
+    passes: list[_Pass] = []
+    for sub, source_weights in members:
+        max_shift = int(0.5 * model_info(sub).samplerate)
+        for _ in range(n_shifts):
+            shift = 0
+            if shifts:
+                offset = next(offsets) if offsets is not None else rng.randint(0, max_shift)
+                if not 0 <= offset <= max_shift:
+                    raise ValueError(f"shift offset {offset} outside [0, {max_shift}]")
+                shift = max_shift - offset
+            chunks, weight, stride = _plan_pass(
+                sub,
+                length,
+                shift=shift,
+                split=split,
+                overlap=overlap,
+                segment=segment,
+                transition_power=transition_power,
+            )
+            scale = None
+            if source_weights is not None:  # demucs: estimate *= weight (after /= shifts)
+                factors = torch.tensor([float(w) for w in source_weights], dtype=dtype)
+                scale = (factors / n_shifts if n_shifts > 1 else factors).view(n_sources, 1, 1)
+            weight = weight.to(dtype, copy=False)
+            passes.append(_Pass(sub, shift, length, split, chunks, weight, stride, scale))
+
+    if bag:
+        totals = torch.tensor([sum(w[k] for _, w in members) for k in range(n_sources)], dtype=dtype)
+
+        def normalise(x: torch.Tensor) -> None:
+            x /= totals.view(n_sources, 1, 1).to(x.device)
+
+    elif n_shifts > 1:
+
+        def normalise(x: torch.Tensor) -> None:
+            x /= n_shifts
+
+    else:
+
+        def normalise(x: torch.Tensor) -> None:
+            pass
+
+    return _Plan(passes, n_sources, dtype, normalise)
+
+
 def apply_model(
     model: nn.Module,
     mix: torch.Tensor,
@@ -389,15 +561,130 @@ def apply_model(
     """
     if mix.ndim != 3:
         raise ValueError(f"mix must be (batch, channels, samples), got shape {tuple(mix.shape)}")
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behaviour (as in demucs)")
-    if not 0 <= overlap < 1:
-        raise InputError(f"overlap must be in [0, 1), got {overlap}")
-    if shifts < 0:
-        raise InputError(f"shifts must be >= 0, got {shifts}")
-    if segment is not None and segment <= 0:
-        raise InputError(f"segment must be > 0 seconds, got {segment}")
-    run_device = torch.device(device) if device is not None else mix.device
+    batch, channels, length = mix.shape
+    out_dtype = mix.dtype if mix.dtype in (torch.float32, torch.float64) else torch.float32
+    plan = _plan(
+        model,
+        length,
+        out_dtype,
+        shifts=shifts,
+        split=split,
+        overlap=overlap,
+        segment=segment,
+        transition_power=transition_power,
+        seed=seed,
+        shift_offsets=shift_offsets,
+    )
+    out = torch.zeros(batch, plan.n_sources, channels, length, dtype=out_dtype, device=mix.device)
+    if length == 0:
+        return out
+    _run(
+        plan,
+        lambda start, size: _window(mix, start, size),
+        (batch, channels),
+        _TensorTarget(out, plan.normalise),
+        output_device=mix.device,
+        lockstep=False,
+        batch_segments=batch_segments,
+        device=device if device is not None else mix.device,
+        precision=precision,
+        jobs=jobs,
+        threads=threads,
+        progress=progress,
+        desc=desc,
+        callback=callback,
+    )
+    return out
+
+
+def stream_model(
+    model: nn.Module,
+    read: Callable[[int, int], torch.Tensor],
+    length: int,
+    sink: Callable[[int, torch.Tensor], None],
+    *,
+    channels: int,
+    batch: int = 1,
+    shifts: int = 1,
+    split: bool = True,
+    overlap: float = 0.25,
+    segment: float | None = None,
+    transition_power: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    batch_segments: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    jobs: int | None = None,
+    threads: int | None = None,
+    shift_offsets: Sequence[int] | None = None,
+    desc: str | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> None:
+    """``apply_model`` with memory independent of the track's length: the mix is read on demand
+    and the stems are handed out as they complete.
+
+    ``read(start, size)`` returns mix samples ``[start, start + size)`` as ``(batch, channels,
+    size)`` float32, zeros outside ``[0, length)`` (it may be called from worker threads);
+    ``sink(start, block)`` receives ``(batch, sources, channels, n)`` float32 blocks in order,
+    covering ``[0, length)`` exactly once. The other arguments are ``apply_model``'s. All passes
+    (shifts, models of a bag) advance together through the track, so memory holds a window of
+    about two segments instead of the whole output. Results equal ``apply_model``'s bit for bit
+    for up to two passes (one model with ``shifts <= 2``); with more passes, samples are summed
+    in another order (float rounding, ~1e-7 relative).
+    """
+    plan = _plan(
+        model,
+        length,
+        torch.float32,
+        shifts=shifts,
+        split=split,
+        overlap=overlap,
+        segment=segment,
+        transition_power=transition_power,
+        seed=seed,
+        shift_offsets=shift_offsets,
+    )
+    if length == 0:
+        return
+    _run(
+        plan,
+        read,
+        (batch, channels),
+        _StreamTarget((batch, plan.n_sources, channels), torch.float32, length, sink, plan.normalise),
+        output_device=torch.device("cpu"),
+        lockstep=True,
+        batch_segments=batch_segments,
+        device=device,
+        precision=precision,
+        jobs=jobs,
+        threads=threads,
+        progress=progress,
+        desc=desc,
+        callback=callback,
+    )
+
+
+def _run(
+    plan: _Plan,
+    read: Callable[[int, int], torch.Tensor],
+    shape: tuple[int, int],
+    target: _Target,
+    *,
+    output_device: torch.device,
+    lockstep: bool,
+    batch_segments: int | None,
+    device: str | torch.device,
+    precision: str,
+    jobs: int | None,
+    threads: int | None,
+    progress: bool,
+    desc: str | None,
+    callback: Callable[[int, int], None] | None,
+) -> None:
+    """Run every pass of ``plan`` (one after the other, or all together with ``lockstep``) and
+    overlap-add their outputs into ``target``."""
+    run_device = torch.device(device)
     on_cpu = run_device.type == "cpu"
     if batch_segments is None:
         batch_segments = 1 if on_cpu else 4
@@ -410,58 +697,13 @@ def apply_model(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
-    bag = _is_bag(model)
-    members = list(zip(model.models, model.weights)) if bag else [(model, None)]
-    if bag and segment is None:
-        segment = getattr(model, "segment", None)
-    info = model_info(members[0][0])
-    n_sources = len(info.sources)
-    for sub, _ in members:
-        _check_segment(sub, segment)
-    batch, channels, length = mix.shape
-    out_dtype = mix.dtype if mix.dtype in (torch.float32, torch.float64) else torch.float32
-    out = torch.zeros(batch, n_sources, channels, length, dtype=out_dtype, device=mix.device)
-    if length == 0:
-        return out
-
-    n_shifts = max(shifts, 1)
-    totals = None
-    if bag:
-        totals = torch.tensor([sum(w[k] for _, w in members) for k in range(n_sources)], dtype=out_dtype)
-    offsets = iter(shift_offsets) if shift_offsets is not None else None
-    rng = random.Random(seed)
-    passes: list[_Pass] = []
-    for sub, source_weights in members:
-        max_shift = int(0.5 * model_info(sub).samplerate)
-        for _ in range(n_shifts):
-            shift = 0
-            if shifts:
-                offset = next(offsets) if offsets is not None else rng.randint(0, max_shift)
-                if not 0 <= offset <= max_shift:
-                    raise ValueError(f"shift offset {offset} outside [0, {max_shift}]")
-                shift = max_shift - offset
-            chunks, weight, stride = _plan_pass(
-                sub,
-                length,
-                shift=shift,
-                split=split,
-                overlap=overlap,
-                segment=segment,
-                transition_power=transition_power,
-            )
-            scale = None
-            if source_weights is not None:  # demucs: estimate *= weight (after /= shifts)
-                factors = torch.tensor([float(w) for w in source_weights], dtype=out_dtype)
-                scale = (factors / n_shifts if n_shifts > 1 else factors).view(n_sources, 1, 1)
-            passes.append(
-                _Pass(sub, shift, length, split, chunks, weight.to(out_dtype, copy=False), stride, scale)
-            )
-
-    total_chunks = sum(len(p.chunks) for p in passes)
+    batch, channels = shape
+    work = _schedule(plan.passes, batch_segments, lockstep)
+    total_chunks = sum(len(p.chunks) for p in plan.passes)
     auto_jobs = jobs is None
     if jobs is None:  # one forward per core on CPU (at most _MAX_AUTO_JOBS in memory at once)
         jobs = min(torch.get_num_threads(), _MAX_AUTO_JOBS) if on_cpu else 1
-        jobs = max(1, min(jobs, -(-total_chunks // batch_segments)))  # no idle workers
+        jobs = max(1, min(jobs, len(work)))  # no idle workers
     jobs = max(jobs, 1)  # 0 = no extra thread, as demucs's -j 0
     if threads is None and on_cpu and (jobs > 1 or auto_jobs):
         threads = max(1, torch.get_num_threads() // jobs)
@@ -479,33 +721,56 @@ def apply_model(
     saved_threads = torch.get_num_threads()
     if threads is not None and threads != saved_threads:
         torch.set_num_threads(threads)
+    adders = {id(p): _OverlapAdd(target, p) for p in plan.passes}
+    remaining = {id(p): len(p.chunks) for p in plan.passes}
     try:
+        for p in plan.passes:
+            p.model.to(run_device)
+            p.model.eval()
         with torch.no_grad():
-            for p in passes:
-                p.model.to(run_device)
-                p.model.eval()
-                adder = _OverlapAdd(out, p)
-                for chunks, y in _forward_batches(
-                    p.model, mix, p.chunks, batch_segments, run_device, autocast, jobs, n_sources, channels
-                ):
-                    for i, chunk in enumerate(chunks):
-                        adder.add(chunk, _centre_trim(y[i], chunk).to(mix.device, out_dtype))
-                    done += len(chunks)
-                    if bar is not None:
-                        bar.update(len(chunks))
-                    if callback is not None:
-                        callback(done, total_chunks)
-                adder.finish()
-        if totals is not None:
-            out /= totals.view(n_sources, 1, 1)
-        elif n_shifts > 1:
-            out /= n_shifts
+            for p, chunks, y in _forward_batches(
+                work, read, run_device, autocast, jobs, batch, plan.n_sources, channels
+            ):
+                adder = adders[id(p)]
+                for i, chunk in enumerate(chunks):
+                    adder.add(chunk, _centre_trim(y[i], chunk).to(output_device, plan.dtype))
+                remaining[id(p)] -= len(chunks)
+                if remaining[id(p)] == 0:
+                    adder.finish()
+                target.release(min(a.frontier for a in adders.values()))
+                done += len(chunks)
+                if bar is not None:
+                    bar.update(len(chunks))
+                if callback is not None:
+                    callback(done, total_chunks)
+        for adder in adders.values():
+            adder.finish()
+        target.finish()
     finally:
         if torch.get_num_threads() != saved_threads:
             torch.set_num_threads(saved_threads)
         if bar is not None:
             bar.close()
-    return out
+
+
+def _schedule(
+    passes: Sequence[_Pass], batch_segments: int, lockstep: bool
+) -> list[tuple[_Pass, list[_Chunk]]]:
+    """Batches of ``batch_segments`` chunks (of one pass, equal padded length) in the order they
+    run: pass after pass, or with ``lockstep`` all passes merged by their position in the mix
+    (each pass keeps its own order, so its overlap-add sees increasing offsets)."""
+    work: list[tuple[int, int, _Pass, list[_Chunk]]] = []
+    for index, p in enumerate(passes):
+        groups: list[list[_Chunk]] = []
+        for chunk in p.chunks:
+            if groups and len(groups[-1]) < batch_segments and groups[-1][0].padded == chunk.padded:
+                groups[-1].append(chunk)
+            else:
+                groups.append([chunk])
+        work.extend((group[0].start if lockstep else 0, index, p, group) for group in groups)
+    if lockstep:
+        work.sort(key=lambda item: (item[0], item[1]))  # stable: a pass's groups stay in order
+    return [(p, group) for _, _, p, group in work]
 
 
 def _check_segment(model: nn.Module, segment: float | None) -> None:
@@ -528,90 +793,53 @@ def _centre_trim(y: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
 
 
 def _forward_batches(
-    model: nn.Module,
-    mix: torch.Tensor,
-    chunks: Sequence[_Chunk],
-    batch_segments: int,
+    work: Sequence[tuple[_Pass, list[_Chunk]]],
+    read: Callable[[int, int], torch.Tensor],
     device: torch.device,
     autocast: Callable[[], Any],
     jobs: int,
+    batch: int,
     n_sources: int,
     channels: int,
-) -> Iterator[tuple[list[_Chunk], torch.Tensor]]:
-    """Yield ``(chunks, outputs (n, b, S, C, t))`` in order, ``batch_segments`` chunks of equal
-    padded length per forward, with up to ``jobs`` forwards in flight."""
-    groups: list[list[_Chunk]] = []
-    for chunk in chunks:
-        if groups and len(groups[-1]) < batch_segments and groups[-1][0].padded == chunk.padded:
-            groups[-1].append(chunk)
-        else:
-            groups.append([chunk])
+) -> Iterator[tuple[_Pass, list[_Chunk], torch.Tensor]]:
+    """Yield ``(pass, chunks, outputs (n, batch, S, C, t))`` in the order of ``work``, with up
+    to ``jobs`` forwards in flight."""
 
-    def run(group: list[_Chunk]) -> torch.Tensor:
-        x = torch.cat([_window(mix, c.start, c.padded) for c in group]).to(device)
+    def run(p: _Pass, group: list[_Chunk]) -> torch.Tensor:
+        x = torch.cat([read(c.start, c.padded) for c in group]).to(device)
         # inference_mode and autocast are per thread; inference_mode also skips the version
         # counters and view tracking that no_grad keeps.
         with torch.inference_mode(), autocast():
-            y = model(x)
+            y = p.model(x)
         if y.ndim != 4 or y.shape[1] != n_sources or y.shape[2] != channels or y.shape[0] != x.shape[0]:
             raise RuntimeError(
                 f"the model returned shape {tuple(y.shape)} for input {tuple(x.shape)}; expected "
                 f"({x.shape[0]}, {n_sources}, {channels}, samples)"
             )
-        return y.float().reshape(len(group), mix.shape[0], *y.shape[1:])
+        return y.float().reshape(len(group), batch, *y.shape[1:])
 
     if jobs <= 1:
-        for group in groups:
-            yield group, run(group)
+        for p, group in work:
+            yield p, group, run(p, group)
         return
     with ThreadPoolExecutor(jobs) as pool:
         pending: deque = deque()
         try:
-            for group in groups:
-                pending.append((group, pool.submit(run, group)))
+            for p, group in work:
+                pending.append((p, group, pool.submit(run, p, group)))
                 if len(pending) >= jobs:
-                    done_group, future = pending.popleft()
-                    yield done_group, future.result()
+                    done_p, done_group, future = pending.popleft()
+                    yield done_p, done_group, future.result()
             while pending:
-                done_group, future = pending.popleft()
-                yield done_group, future.result()
+                done_p, done_group, future = pending.popleft()
+                yield done_p, done_group, future.result()
         finally:
-            for _, future in pending:
+            for _, _, future in pending:
                 future.cancel()
 
 
 # -- the Python API -----------------------------------------------------------------------------
-def load_separation_model(
-    model: str | Path = DEFAULT_MODEL,
-    *,
-    weights: str | Path | None = None,
-    repo: str | Path | None = None,
-) -> nn.Module:
-    """A model from a registry name (``"music/htdemucs"``, or short: ``"htdemucs"``) with its
-    ``weights`` (default ``"official"``; a weights name or a file path; ``repo`` is a folder
-    searched for official files before the cache), or from one of our checkpoint folders/files."""
-    from hybrids.apps.core.registry import create_model, get_model_entry
-    from hybrids.apps.core.weights import OFFICIAL, load_weights_into
-
-    path = Path(model).expanduser()
-    if isinstance(model, Path) or path.exists():
-        if not path.exists():
-            raise InputError(f"{path}: no such checkpoint")
-        if weights is not None:
-            raise InputError(f"{path}: a checkpoint carries its own weights; do not pass weights too")
-        from hybrids.apps.core.checkpoint import load_checkpoint
-
-        return load_checkpoint(path)
-    text = str(model)
-    if text.count("/") > 1 or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
-        raise InputError(f"{path}: no such checkpoint (folder or .safetensors file)")
-    name = text if "/" in text else f"music/{text}"
-    spec = OFFICIAL if weights is None else weights
-    if spec != OFFICIAL and Path(spec).expanduser().exists():
-        return create_model(name, weights=spec)  # rebuilds the checkpoint's config
-    built = create_model(name)
-    load_weights_into(built, get_model_entry(name), spec, search_dirs=[repo] if repo else ())
-    return built
+from hybrids.apps.music.loading import load_separation_model  # noqa: E402  (re-exported)
 
 
 class Separator:
@@ -710,3 +938,107 @@ class Separator:
         except AudioError as exc:
             raise InputError(str(exc)) from None
         return self.separate_tensor(wav, rate, desc=Path(path).name), self.samplerate
+
+    def stream_file(
+        self,
+        path: str | Path,
+        on_block: Callable[[int, dict[str, torch.Tensor], torch.Tensor], None],
+        *,
+        tmp_dir: str | Path | None = None,
+        desc: str | None = None,
+    ) -> int:
+        """Separate ``path`` with memory independent of its length; returns its length in samples
+        (at ``self.samplerate``).
+
+        The file is decoded once, block by block, into a temporary float32 file in ``tmp_dir``
+        (default: the system's), while the mean and standard deviation of its mono downmix are
+        accumulated (float64); the separation then reads the mix back by chunk and calls
+        ``on_block(start, stems {source: (channels, n)}, mix (channels, n))`` for consecutive
+        blocks covering the track, at the model's rate and channel count. The stems equal
+        ``separate_file``'s up to the float rounding of the statistics (~1e-7 relative).
+        """
+        import os
+        import tempfile
+
+        import numpy as np
+
+        from hybrids.datasets.audio import AudioError, AudioReader
+
+        try:
+            reader = AudioReader(path, samplerate=self.samplerate, channels=self.audio_channels)
+            with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".hybrids-separate-") as tmp:
+                raw = Path(tmp) / "mix.f32"
+                stats = _RunningMoments()
+                with open(raw, "wb") as handle:
+                    for block in reader:
+                        handle.write(block.T.contiguous().numpy().tobytes())
+                        stats.update(block.double().mean(0).numpy())
+                mean = torch.tensor(stats.mean, dtype=torch.float32)
+                std = torch.tensor(stats.std, dtype=torch.float32) + 1e-8
+                channels, length = self.audio_channels, stats.count
+                fd = os.open(raw, os.O_RDONLY)
+                try:
+
+                    def read_raw(start: int, size: int) -> torch.Tensor:
+                        """Mix samples ``[start, start + size)`` ``(channels, size)``, zeros outside."""
+                        lo, hi = max(0, start), min(length, start + size)
+                        out = torch.zeros(channels, size)
+                        if lo < hi:
+                            data = os.pread(fd, (hi - lo) * channels * 4, lo * channels * 4)
+                            frames = np.frombuffer(data, dtype="<f4").reshape(hi - lo, channels)
+                            out[:, lo - start : hi - start] = torch.from_numpy(frames.T.copy())
+                        return out
+
+                    def read(start: int, size: int) -> torch.Tensor:
+                        lo, hi = max(0, start), min(length, start + size)
+                        window = read_raw(start, size)
+                        # the in-memory path normalises the whole mix, then pads with zeros
+                        window[:, lo - start : max(lo, hi) - start] -= mean
+                        window[:, lo - start : max(lo, hi) - start] /= std
+                        return window[None]
+
+                    def sink(start: int, block: torch.Tensor) -> None:
+                        block.mul_(std).add_(mean)
+                        mix = read_raw(start, block.shape[-1])
+                        on_block(start, dict(zip(self.sources, block[0])), mix)
+
+                    stream_model(
+                        self.model,
+                        read,
+                        length,
+                        sink,
+                        channels=channels,
+                        device=self.device,
+                        progress=self.progress,
+                        desc=desc or Path(path).name,
+                        **self.options,
+                    )
+                finally:
+                    os.close(fd)
+        except AudioError as exc:
+            raise InputError(str(exc)) from None
+        return length
+
+
+class _RunningMoments:
+    """Count, mean and unbiased standard deviation of a stream of 1-D float64 blocks (Chan et
+    al.'s pairwise update, stable for long tracks)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: Any) -> None:
+        n = int(values.shape[0])
+        if n == 0:
+            return
+        mean = float(values.mean())
+        m2 = float(((values - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 0.0

@@ -217,11 +217,11 @@ def test_writes_are_atomic(tmp_path, excerpt, monkeypatch):
     target = save_audio(wav, tmp_path / "stem.wav", rate)
     before = target.read_bytes()
 
-    def broken(frames, path, *args):
-        path.write_bytes(b"half a file")
+    def broken(self, frames):
+        self.handle.write(frames[:10].astype("<f4"))  # half a file on disk, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(audio, "_write_soundfile", broken)
+    monkeypatch.setattr(audio._SoundfileSink, "write", broken)
     with pytest.raises(AudioWriteError, match=r"stem.wav: cannot write \(No space left on device\)"):
         save_audio(wav * 0.5, target, rate)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["stem.wav"]

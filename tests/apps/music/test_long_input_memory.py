@@ -5,6 +5,9 @@ process (``VmHWM`` from ``/proc/self/status``).
   stems is measured for a short and a 3x longer excerpt of a real song; the difference may only
   be the normalised copy of the mix and its mono reference (1.5x the input, as demucs's
   ``Separator``): no full-length buffer per shift, model or pass;
+* default suite, tiny model: ``hybrids music separate`` streams (decode to a temporary file, read
+  by chunk, stems spooled and encoded block by block): its peak RSS does not grow with the length
+  of the track;
 * slow, released htdemucs size (random weights): ``hybrids music separate`` on the 133 s song
   looped to 20 minutes must peak at <= 2 GiB resident.
 """
@@ -101,12 +104,56 @@ CLI_SCRIPT = textwrap.dedent(
 )
 
 
+def _looped_wav(source, seconds: float, path):
+    from hybrids.datasets.audio import load_audio, save_audio
+
+    song, rate = load_audio(source)
+    n = int(seconds * rate)
+    return save_audio(song.repeat(1, -(-n // song.shape[1]))[:, :n], path, rate, clip="none")
+
+
+def test_cli_peak_memory_does_not_grow_with_the_track(tmp_path, shared_data):
+    """10 s and 40 s of the same song through the CLI with the tiny model: 30 s more audio would
+    hold 42 MiB more stems (float32) in memory, plus the decoded mix; streaming keeps the peak flat."""
+    import torch
+
+    from hybrids.apps.core.checkpoint import save_checkpoint
+    from hybrids.apps.core.registry import create_model
+
+    torch.manual_seed(0)
+    folder = save_checkpoint(create_model("music/htdemucs", preset="tiny"), tmp_path / "tiny")
+    script = tmp_path / "run.py"
+    script.write_text(CLI_SCRIPT)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    peaks = {}
+    for seconds in (10, 40):
+        track = _looped_wav(shared_data / "audio" / SONG, seconds, tmp_path / f"song{seconds}.wav")
+        argv = [
+            "-q",
+            "music",
+            "separate",
+            "-n",
+            str(folder),
+            "-o",
+            str(tmp_path / "out"),
+            "-j",
+            "1",
+            str(track),
+        ]
+        result = subprocess.run(
+            [sys.executable, str(script), *argv], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["code"] == 0
+        peaks[seconds] = report["peak_mib"]
+    stems_mib = 4 * 30 * 44100 * 2 * 4 / 2**20
+    print(f"\nCLI peak RSS, tiny model: {peaks} (30 s more of stems would be {stems_mib:.0f} MiB)")
+    assert peaks[40] - peaks[10] < 0.25 * stems_mib, peaks
+    assert not [p for p in (tmp_path / "out").rglob(".hybrids*")]  # temporary files removed
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="measured 4866 MiB peak (2026-11-28): the four stems alone are 1.6 GiB for 20 min; needs "
-    "stems streamed to disk as the overlap-add completes them and per-chunk normalisation",
-    strict=False,
-)
 def test_twenty_minutes_separate_within_2_gib(tmp_path, shared_data):
     """``hybrids music separate`` on a 20-minute track with the released htdemucs size: peak RSS
     of the whole process (model, input, stems, writing) <= 2 GiB. Takes ~15-30 min on 2 cores."""

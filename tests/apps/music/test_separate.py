@@ -347,3 +347,125 @@ def test_separator_from_a_checkpoint_and_bad_options(tmp_path):
         Separator(folder, segment=2.0)
     with pytest.raises(InputError, match="precision must be one of"):
         Separator(folder, precision="int8")
+
+
+# -- streaming ----------------------------------------------------------------------------------
+STREAM_CASES = [
+    # (model, samples, split, overlap, shifts, segment, batch_segments, jobs)
+    ("free", 523, True, 0.25, 1, None, 1, 1),
+    ("fixed", 977, True, 0.5, 1, None, 2, 2),
+    ("fixed", 977, True, 0.25, 2, 0.29, 1, 2),
+    ("fixed", 20, False, 0.25, 0, None, 1, 1),
+    ("free", 523, False, 0.25, 2, None, 1, 1),
+]
+
+
+def _streamed(model, mix, **kwargs):
+    """``stream_model`` on an in-memory mix; checks the blocks are consecutive and returns them
+    concatenated."""
+    from hybrids.apps.music.separate import _window, stream_model
+
+    blocks, position = [], 0
+
+    def sink(start, block):
+        nonlocal position
+        assert start == position and block.shape[:3] == (mix.shape[0], len(SOURCES), mix.shape[1])
+        blocks.append(block.clone())
+        position += block.shape[-1]
+
+    stream_model(
+        model,
+        lambda s, n: _window(mix, s, n),
+        mix.shape[-1],
+        sink,
+        channels=mix.shape[1],
+        batch=mix.shape[0],
+        **kwargs,
+    )
+    assert position == mix.shape[-1]
+    return torch.cat(blocks, dim=-1), len(blocks)
+
+
+@pytest.mark.parametrize(
+    ("kind", "samples", "split", "overlap", "shifts", "segment", "batch", "jobs"), STREAM_CASES
+)
+def test_stream_model_equals_apply_model_bit_for_bit(
+    kind, samples, split, overlap, shifts, segment, batch, jobs
+):
+    """Up to two passes, the streamed stems are apply_model's exactly (same sums, same order)."""
+    model = (FixedStandIn if kind == "fixed" else StandIn)(seed=3)
+    mix = torch.randn(2, 2, samples, generator=torch.Generator().manual_seed(samples))
+    options = dict(
+        split=split, overlap=overlap, shifts=shifts, segment=segment, batch_segments=batch, jobs=jobs
+    )
+    expected = apply_model(model, mix, **options)
+    got, n_blocks = _streamed(model, mix, **options)
+    assert torch.equal(got, expected)
+    if split and samples > 500:
+        assert n_blocks > 3  # really released as it went, not at the end
+
+
+def test_stream_model_with_many_passes_and_bags():
+    """Three shifts, or a bag of two models with two shifts each: the passes advance together
+    (memory: a window, not the track), equal to apply_model up to the order of the float sums."""
+    mix = torch.randn(1, 2, 3000, generator=torch.Generator().manual_seed(0))
+    model = FixedStandIn(seed=1)
+    bag = ModelBag([FixedStandIn(seed=1), FixedStandIn(seed=2)], weights=[[1, 2, 0.5, 1], [1, 1, 1, 3]])
+    for candidate, shifts in ((model, 3), (bag, 2)):
+        expected = apply_model(candidate, mix, shifts=shifts, seed=5)
+        got, n_blocks = _streamed(candidate, mix, shifts=shifts, seed=5)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        assert n_blocks > 10
+
+
+def test_stream_target_keeps_a_window_not_the_track():
+    """The running-sum window stays about two segments long, however long the track."""
+    from hybrids.apps.music import separate
+
+    sizes = []
+    real_release = separate._StreamTarget.release
+
+    def release(self, upto):
+        sizes.append(self.buf.shape[-1])
+        real_release(self, upto)
+
+    model = FixedStandIn(seed=0)  # 37-sample segment
+    mix = torch.randn(1, 2, 20_000)
+    original = separate._StreamTarget.release
+    separate._StreamTarget.release = release
+    try:
+        _streamed(model, mix, shifts=2)
+    finally:
+        separate._StreamTarget.release = original
+    assert max(sizes) <= 4 * 37 + 50 + 1  # segments plus the largest shift (0.5 s = 50 samples)
+
+
+def test_separator_stream_file_matches_separate_file(shared_data, tmp_path):
+    """Decoded once to a temporary file and read back by chunk: the stems equal the in-memory
+    ones up to the rounding of the mix statistics; the temporary files are gone afterwards."""
+    from hybrids.apps.music.htdemucs import HTDemucs, HTDemucsConfig
+    from hybrids.datasets.audio import load_audio, save_audio
+
+    torch.manual_seed(0)
+    separator = Separator(HTDemucs(HTDemucsConfig.from_preset("tiny")).eval(), shifts=1)
+    song, rate = load_audio(shared_data / "audio" / "kevin_macleod-vibe_ace.ogg", offset=5.0, duration=6.0)
+    track = save_audio(song, tmp_path / "jazz.flac", rate, bits=24, clip="none")
+    expected, _ = separator.separate_file(track)
+    blocks, mixes = {s: [] for s in separator.sources}, []
+
+    def on_block(start, stems, mix):
+        for source, value in stems.items():
+            blocks[source].append(value.clone())
+        mixes.append(mix.clone())
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    assert separator.stream_file(track, on_block, tmp_dir=spool) == song.shape[1]
+    assert list(spool.iterdir()) == []
+    assert torch.equal(torch.cat(mixes, -1), load_audio(track)[0])
+    for source, value in expected.items():
+        got = torch.cat(blocks[source], -1)
+        assert got.shape == value.shape
+        assert float((got - value).abs().max()) <= 1e-5 * float(value.abs().max())
+    with pytest.raises(InputError, match="missing.wav: no such file"):
+        separator.stream_file(tmp_path / "missing.wav", on_block)
