@@ -1,6 +1,8 @@
-"""Attention kernels: the SDPA dispatcher (fast path beside an explicit reference), shifted-window
+"""Attention kernels: the SDPA dispatcher (fast path beside an explicit reference), blocked unmasked
+attention with oneDNN matmuls for CPU inference, shifted-window
 (Swin) partition/mask/relative-bias ops, and FactFormer's axial factorised kernel integral."""
 
+from hybrids.kernels.attention.blocked import blocked_attention as blocked_attention
 from hybrids.kernels.attention.factorized import apply_axis_kernel as apply_axis_kernel
 from hybrids.kernels.attention.factorized import axis_kernels as axis_kernels
 from hybrids.kernels.attention.factorized import axis_mean_pool as axis_mean_pool

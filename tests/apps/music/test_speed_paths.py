@@ -1,9 +1,12 @@
 """The inference fast paths of HT Demucs and the CPU defaults of the separation engine.
 
-Every fast path (oneDNN linear and attention, per-bin blocks, in-place DConv, transposed convs as
-phase convolutions, the fused inverse-STFT input) runs only without autograd; with autograd the
-model takes the plain reference path, so each is checked against that path (float32, 1e-5), and
-bfloat16 (``precision="bf16"``) against float32 by SNR. Timings are not asserted here.
+Every fast path (oneDNN linear and attention with folded biases and fused residual sums, per-bin
+blocks, channels-last spectral branch, in-place DConv, DConv group norms from the hidden input's
+moments, transposed convs as phase convolutions, the fused inverse-STFT input) runs only without
+autograd; with autograd the model takes the plain reference path, so each is checked against that
+path (float32, 1e-5), and bfloat16 (``precision="bf16"``) against float32 by SNR. The generic
+kernels (``hybrids.kernels.linear``, ``blocked_attention``) have their own tests in tests/kernels.
+Timings are not asserted here.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from hybrids.apps.music.htdemucs import (
     fast_linear,
 )
 from hybrids.apps.music.separate import apply_model
-from hybrids.kernels.attention.sdpa import attention
+from hybrids.kernels.linear import onednn_available
 
 TINY = HTDemucsConfig.from_preset("tiny")
 TOL = 1e-5
@@ -93,26 +96,6 @@ def test_fast_linear_follows_autocast():
     assert _rel(got, F.gelu(F.linear(x, w, b))) < 2e-2
 
 
-@pytest.mark.parametrize(("lq", "lk", "block"), [(300, 300, 256), (37, 300, 16), (300, 5, 64), (1, 1, 256)])
-def test_blocked_attention_equals_reference(lq, lk, block):
-    if not htdemucs._ONEDNN_LINEAR:
-        pytest.skip("oneDNN is not available in this torch build")
-    gen = torch.Generator().manual_seed(lq + lk)
-    q = torch.randn(2, 3, lq, 16, generator=gen) * 2
-    k = torch.randn(2, 3, lk, 16, generator=gen)
-    v = torch.randn(2, 3, lk, 8, generator=gen)
-    expected = attention(q, k, v, impl="reference").transpose(1, 2)  # (b, lq, h, dv)
-    with torch.no_grad():
-        got = htdemucs._attention_cpu(q, k, v, block=block)
-    assert got.shape == (2, lq, 3, 8)
-    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
-    if htdemucs._ONEDNN_BF16:
-        with torch.no_grad():
-            half = htdemucs._attention_cpu(q.bfloat16(), k.bfloat16(), v.bfloat16(), block=block)
-        assert half.dtype == torch.bfloat16
-        assert float((half.float() - expected).norm() / expected.norm()) < 3e-2
-
-
 @pytest.mark.parametrize("cross", [False, True])
 def test_packed_attention_fast_path_equals_reference_path(cross):
     torch.manual_seed(0)
@@ -126,6 +109,13 @@ def test_packed_attention_fast_path_equals_reference_path(cross):
     with torch.no_grad():
         got = layer(x, context)
     torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
+    # residual + gamma * attention, with the biases and gamma folded and the sum fused
+    residual, gamma = torch.randn(2, 45, 32), torch.rand(32) + 0.5
+    with torch.no_grad():
+        summed = layer.add_to(residual, x, context, gamma=gamma)
+        plain = layer.add_to(residual, x, context)
+    torch.testing.assert_close(summed, residual + gamma * expected, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(plain, residual + expected, rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize(("kernel", "stride"), [(8, 4), (4, 2), (6, 3), (4, 4)])
@@ -141,6 +131,79 @@ def test_transposed_conv_as_phase_convolution(kernel, stride):
     torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
     assert not htdemucs._phases_apply(nn.ConvTranspose2d(6, 5, (7, 1), (4, 1)))  # k not a multiple of s
     assert not htdemucs._phases_apply(conv)  # autograd on: the module itself
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(12, 3), (8, 2)])
+def test_time_transposed_conv_as_phase_convolution(c_in, c_out):
+    torch.manual_seed(c_in)
+    conv = nn.ConvTranspose1d(c_in, c_out, 8, 4)
+    x = torch.randn(2, c_in, 37)
+    with torch.no_grad():
+        assert htdemucs._phases_apply(conv)
+        got = htdemucs._conv_transpose_time(conv, x)
+    expected = _reference_forward(conv, x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
+    with torch.no_grad():  # many output channels: torch's own transposed conv is faster there
+        assert not htdemucs._phases_apply(nn.ConvTranspose1d(4, 4, 8, 4))
+
+
+@pytest.mark.parametrize("steps", [5, 2500])
+def test_dconv_group_norm_from_hidden_moments(perturb, monkeypatch, steps):
+    """The inference DConv step, its 1x1 conv's group norm computed from the hidden input's moments,
+    the layer scale folded in, in blocks of time steps, equals the plain step."""
+    monkeypatch.setattr(htdemucs, "_TIME_BLOCK", 1000)
+    torch.manual_seed(steps)
+    dconv = perturb(DConv(96, 8.0, 2, 1e-3)).eval()
+    x = torch.randn(3, 96, steps) * 2 + 0.5
+    expected = _reference_forward(dconv, x)
+    calls = []
+    real = htdemucs._glu_residual_from_statistics
+    monkeypatch.setattr(
+        htdemucs, "_glu_residual_from_statistics", lambda *a: calls.append(1) or real(*a)
+    )
+    with torch.no_grad():
+        got = dconv(x)
+    assert len(calls) == 2  # both steps
+    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
+    # one step against its plain formula
+    with torch.no_grad():
+        rows = x.clone()
+        conv1, norm1, _, conv2, norm2, _, scale = dconv.layers[0]
+        h = F.gelu(norm1(conv1(rows)))
+        plain = rows + F.glu(norm2(conv2(h)), 1) * scale.scale[:, None]
+        real(rows, h, conv2, norm2, scale.scale)
+    torch.testing.assert_close(rows, plain, rtol=TOL, atol=TOL)
+
+
+def test_pointwise_glu_in_time_blocks(monkeypatch):
+    monkeypatch.setattr(htdemucs, "_TIME_BLOCK", 64)
+    torch.manual_seed(0)
+    conv = nn.Conv1d(10, 16, 1)
+    x = torch.randn(2, 10, 300)
+    expected = _reference_forward(lambda t: F.glu(conv(t), 1), x)
+    with torch.no_grad():
+        got = htdemucs._pointwise_glu(conv, x)
+    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
+
+
+def test_token_group_norm_reads_tokens_in_place():
+    torch.manual_seed(0)
+    norm = htdemucs.TokenGroupNorm(1, 12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 30, 12)
+    expected = F.group_norm(x.transpose(1, 2).contiguous(), 1, norm.weight, norm.bias, norm.eps)
+    expected = expected.transpose(1, 2)
+    with torch.no_grad():
+        got = norm(x)
+    assert got.shape == x.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
+    trained = norm(x)  # with autograd: the transposed copy (group norm backward on the view crashes)
+    torch.testing.assert_close(trained, expected, rtol=TOL, atol=TOL)
+    trained.sum().backward()
+    assert norm.weight.grad is not None
 
 
 def test_dconv_in_place_and_per_bin_blocks(perturb, small_blocks):
@@ -172,7 +235,8 @@ def test_dconv_in_place_and_per_bin_blocks(perturb, small_blocks):
 )
 def test_inference_fast_paths_equal_the_reference_path(perturb, small_blocks, monkeypatch, overrides):
     calls = {}
-    for name in ("_map_bins", "_conv_transpose_freq", "_attention_cpu", "fast_linear"):
+    fast_only = ("_map_bins", "_conv_transpose_freq", "blocked_attention", "_glu_residual_from_statistics")
+    for name in (*fast_only, "linear"):
         real = getattr(htdemucs, name)
 
         def counted(*args, _real=real, _name=name, **kwargs):
@@ -183,12 +247,12 @@ def test_inference_fast_paths_equal_the_reference_path(perturb, small_blocks, mo
     model = _tiny(perturb, **overrides)
     mix = torch.randn(2, 2, 30001 if model.config.use_train_segment else 7777)
     expected = _reference_forward(model, mix)
-    assert "_map_bins" not in calls and "_conv_transpose_freq" not in calls and "_attention_cpu" not in calls
+    assert not set(calls) & set(fast_only)
     with torch.no_grad():
         got = model(mix)
-    assert calls["_map_bins"] and calls["_conv_transpose_freq"]
-    if model.config.t_layers and htdemucs._ONEDNN_LINEAR:
-        assert calls["_attention_cpu"] and calls["fast_linear"]
+    assert calls["_map_bins"] and calls["_conv_transpose_freq"] and calls["_glu_residual_from_statistics"]
+    if model.config.t_layers and onednn_available():
+        assert calls["blocked_attention"] and calls["linear"]
     assert _rel(got, expected) < TOL
 
 
@@ -285,7 +349,10 @@ def test_released_size_bf16_segment_snr_and_fast_path_parity(perturb, shared_dat
         full = model(mix)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             half = model(mix)
-    assert _rel(full, expected) < TOL
+    # The fast DConv group norms take their statistics from float64 moments of the hidden input;
+    # float32 group norms over ~8M values round more: measured 1.9e-5 between the two paths, with
+    # the fast one nearer a float64 forward (2.0e-5 against 2.7e-5 for the reference path).
+    assert _rel(full, expected) < 5e-5
     snr = _snr_db(full, half, (0, 2, 3))
     assert snr.min() >= 30, snr
     assert math.isfinite(float(snr.max()))

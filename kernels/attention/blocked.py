@@ -1,0 +1,122 @@
+"""Unmasked softmax attention in blocks of queries, with oneDNN matmuls on CPU.
+
+``blocked_attention(q, k, v)`` is ``softmax(q kᵀ · scale) v`` for one head group at a time, without
+mask or dropout (inference of encoder/cross attention). On CPU, torch's fused attention multiplies
+with MKL (far below peak on AMD EPYC, and no gain from bfloat16 without AMX); here each block of
+``block`` queries of one head takes two oneDNN products (``q kᵀ``, then ``probs v``) and the
+``block x lk`` scores stay in cache for the softmax: measured ~1.6x faster than
+``F.scaled_dot_product_attention`` in float32 and ~2.5x in bfloat16 on the project's Zen 5.
+``impl="reference"`` is :func:`hybrids.kernels.attention.sdpa.attention_reference`.
+
+Layout: the result is a ``(b, h, lq, dv)`` view of a ``(b, lq, h, dv)`` buffer, so that
+``out.transpose(1, 2).reshape(b, lq, h * dv)`` (the input of an output projection) is free. ``k`` is
+read as ``(lk, d)`` rows and ``v`` as ``(dv, lk)`` rows per head: pass ``v`` as
+``vt.transpose(-2, -1)`` of a contiguous ``vt (b, hkv, dv, lk)`` to skip its transposed copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from hybrids.kernels.attention.sdpa import attention_reference
+from hybrids.kernels.linear import onednn_available
+
+__all__ = ["IMPLS", "blocked_attention"]
+
+IMPLS = ("auto", "reference", "onednn")
+
+
+def _validate(q: Tensor, k: Tensor, v: Tensor, block: int, impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"blocked_attention: unknown impl {impl!r}; expected one of {IMPLS}")
+    if block < 1:
+        raise ValueError(f"blocked_attention: block must be >= 1, got {block}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"blocked_attention: q, k, v must be 4-D (b, heads, seq, dim), got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise ValueError(
+            f"blocked_attention: q, k, v need one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    b, h, _, d = q.shape
+    if k.shape[0] != b or v.shape[0] != b or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"blocked_attention: k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)}"
+        )
+    if k.shape[-1] != d:
+        raise ValueError(f"blocked_attention: q head dim {d} != k head dim {k.shape[-1]}")
+    if k.shape[1] == 0 or h % k.shape[1] != 0:
+        raise ValueError(
+            f"blocked_attention: query heads ({h}) must be a multiple of kv heads ({k.shape[1]})"
+        )
+
+
+def _fast_path_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    return (
+        q.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+        and onednn_available(q.dtype)
+    )
+
+
+def _blocked_onednn(q: Tensor, k: Tensor, v: Tensor, scale: float, block: int) -> Tensor:
+    b, h, lq, _ = q.shape
+    hkv = k.shape[1]
+    groups = h // hkv
+    if scale != 1.0:
+        q = q * scale
+    k = k.contiguous()  # (lk, d) rows: the "weight" of q @ kᵀ
+    vt = v.transpose(-2, -1).contiguous()  # (dv, lk) rows: the "weight" of probs @ v
+    out = q.new_empty(b, lq, h, vt.shape[-2])
+    linear = torch.ops.mkldnn._linear_pointwise
+    for i in range(b):
+        for j in range(h):
+            kh, vh = k[i, j // groups], vt[i, j // groups]
+            for start in range(0, lq, block):
+                scores = linear(q[i, j, start : start + block], kh, None, "none", [], "")
+                # torch's CPU softmax accumulates bfloat16 in float32 and rounds once at the end
+                out[i, start : start + block, j] = linear(torch.softmax(scores, -1), vh, None, "none", [], "")
+    return out.transpose(1, 2)
+
+
+def blocked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float | None = None,
+    block: int = 256,
+    impl: str = "auto",
+) -> Tensor:
+    """``softmax(q kᵀ · scale) v`` without mask or dropout.
+
+    Args:
+        q: ``(b, h, lq, d)``.
+        k: ``(b, hkv, lk, d)``; ``hkv`` divides ``h`` (query head ``i`` reads kv head ``i // (h // hkv)``).
+        v: ``(b, hkv, lk, dv)`` (any strides; see the module docstring for the cheapest layout).
+        scale: score scale, default ``1 / sqrt(d)``; pass 1.0 when it is folded into ``q``.
+        block: queries per block on the fast path (256 keeps a ``256 x lk`` score block in cache).
+        impl: ``"auto"`` (oneDNN on CPU without autograd, else the reference), ``"reference"``, or
+            ``"onednn"`` (raises ``RuntimeError`` where it cannot run).
+
+    Returns:
+        ``(b, h, lq, dv)`` in ``q``'s dtype. Float32 equals the reference within ~1e-6; bfloat16
+        rounds the scores and probabilities to bfloat16 (~0.5 % relative).
+    """
+    _validate(q, k, v, block, impl)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    fast = _fast_path_applies(q, k, v)
+    if impl == "onednn" and not fast:
+        raise RuntimeError(
+            "blocked_attention: impl='onednn' needs CPU tensors without autograd and oneDNN "
+            f"{q.dtype} support"
+        )
+    if impl == "reference" or not fast:
+        return attention_reference(q, k, v, None, 0.0, scale)
+    return _blocked_onednn(q, k, v, scale, block)
