@@ -64,6 +64,30 @@ def add_parser(commands: Any) -> None:
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
+    from hybrids.apps.music.evaluate import add_evaluate_arguments, run_evaluate
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="separate a MUSDB18(-HQ) subset or a stems folder and score it (BSS Eval v4, uSDR)",
+        description="Separate every track of a MUSDB18 / MUSDB18-HQ subset (or a folder of track folders "
+        "with mixture.wav and stems) and score it with museval's BSS Eval v4 metrics and the MDX uSDR; "
+        "writes museval JSON per track (resumable), tables (CSV, Markdown, the HT Demucs paper's "
+        "Table 1 layout) and box plots.",
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=run_evaluate)
+    from hybrids.apps.music.train import add_train_arguments, run_train
+
+    train = verbs.add_parser(
+        "train",
+        help="train or fine-tune HT Demucs on MUSDB18(-HQ) or a folder of stems (Lightning)",
+        description="Train HT Demucs (any configuration, tiny to released, or fine-tune official weights "
+        "with --init htdemucs) on random excerpts with demucs's augmentations, L1 loss and AdamW; "
+        "validates on whole tracks (L1, uSDR) and writes OUT/best and OUT/last checkpoints that "
+        "`separate -n OUT/best` loads. Several devices: --devices N --strategy ddp.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
 
 
 def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -294,6 +318,9 @@ def run_separate(args: argparse.Namespace) -> int:
 
     out_dir = args.out / _model_folder(args.name)
     _check_output_root(out_dir)
+    from hybrids.apps.core.memory import limit_malloc_arenas
+
+    limit_malloc_arenas(1)  # worker threads' arenas would each keep a forward's peak
     separator = _make_separator(args)
     if args.stem is not None and args.stem not in separator.sources:
         raise InputError(

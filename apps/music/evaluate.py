@@ -1,0 +1,224 @@
+"""``hybrids music evaluate``: separate a MUSDB18 / MUSDB18-HQ subset (or any folder of stems) and
+score it with BSS Eval v4, as the papers do; resumable, with the report tables and plots.
+
+    hybrids music evaluate --musdb ~/data/musdb18hq -n htdemucs -o results/htdemucs
+    hybrids music evaluate --musdb my_stems/ -n runs/exp1/best --tracks "Song A" "Song B"
+
+For every track: the mixture goes through ``separate``'s engine (``Separator``: same chunking,
+shifts and precision options), each estimate is scored against its reference with
+``hybrids.evaluation.bsseval`` (museval's exact v4 metrics, 1 s frames) and the MDX/SDX uSDR, and
+the scores are written at once, museval's way: ``OUT/museval/<subset>/<track>.json`` (readable by
+museval's ``EvalStore``/``TrackStore`` tooling) plus ``OUT/usdr/<subset>/<track>.json``. A track whose
+two files exist is not separated again, so an interrupted run resumes where it stopped. At the end
+the report is (re)written from all scored tracks (``hybrids.evaluation.separation_report``):
+``tracks.csv/.md``, ``summary.csv/.md`` (Table 1 of the HT Demucs paper: SDR "All" and per
+source) and ``boxplot_<metric>.png``.
+
+Sources: a model's estimate is scored against the reference of the same name. A model source the
+dataset lacks (e.g. guitar and piano of ``htdemucs_6s`` on MUSDB) is added to the estimate of
+"other", where MUSDB keeps those instruments; a dataset source the model cannot estimate is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hybrids.apps.core.errors import InputError
+
+logger = logging.getLogger("hybrids.music")
+
+__all__ = ["add_evaluate_arguments", "evaluate_folder", "run_evaluate", "score_track"]
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--musdb",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="MUSDB18 (.stem.mp4) or MUSDB18-HQ (wav folders) root, or a folder of track folders "
+        "holding mixture.wav and the stems",
+    )
+    parser.add_argument("-n", "--name", default="music/htdemucs", help="model (as for separate)")
+    parser.add_argument("--weights", help="weights for -n NAME (default: the official ones)")
+    parser.add_argument("--repo", type=Path, help="folder holding official weights files")
+    parser.add_argument("--subset", default="test", choices=["train", "test"], help="(default: %(default)s)")
+    parser.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks (folder names)")
+    parser.add_argument("-o", "--out", type=Path, help="report folder (default: evaluation/<model>)")
+    parser.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    parser.add_argument("--shifts", type=int, default=1, help="random shifts (default: 1)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="chunk overlap (default: 0.25)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="(default: fp32)")
+    parser.add_argument("-j", "--jobs", type=int, help="parallel forwards (default: one per CPU core)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the box plots")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from hybrids.apps.music.cli import _model_folder
+    from hybrids.apps.music.separate import Separator
+
+    if args.shifts < 0 or not 0 <= args.overlap < 1:
+        raise InputError("--shifts must be >= 0 and --overlap in [0, 1)")
+    tracks = _open_tracks(args.musdb, args.subset, args.tracks)
+    out = args.out or Path("evaluation") / _model_folder(args.name)
+    separator = Separator(
+        args.name,
+        weights=args.weights,
+        repo=args.repo,
+        device=args.device,
+        shifts=args.shifts,
+        overlap=args.overlap,
+        precision=args.precision,
+        seed=args.seed,
+        jobs=args.jobs,
+    )
+    summary = evaluate_folder(
+        tracks, separator, out, subset=args.subset, method=_model_folder(args.name), plots=args.plots
+    )
+    print((out / "summary.md").read_text(), end="")
+    logger.info("report written to %s (%d tracks)", out.resolve(), summary["tracks"])
+    return 0
+
+
+def _open_tracks(root: Path, subset: str, names: Sequence[str] | None) -> list[Any]:
+    from hybrids.datasets.musdb import MusdbError, open_musdb, open_stems_folder
+
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder (--musdb expects a MUSDB18 root or a folder of stems)")
+    try:
+        if (root / subset).is_dir() or (root / "train").is_dir() or (root / "test").is_dir():
+            tracks = open_musdb(root, subset=subset)
+        else:
+            tracks = open_stems_folder(root)
+    except MusdbError as exc:
+        raise InputError(str(exc)) from None
+    if names:
+        known = {t.name: t for t in tracks}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InputError(f"{root}: no track named {', '.join(map(repr, unknown))} in {subset}")
+        tracks = [known[n] for n in names]
+    if not tracks:
+        raise InputError(f"{root}: no tracks found in {subset}")
+    return tracks
+
+
+def evaluate_folder(
+    tracks: Sequence[Any],
+    separator: Any,
+    out: Path,
+    *,
+    subset: str = "test",
+    method: str = "model",
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Score every track not yet scored in ``out``, then write the report over all of them;
+    returns the aggregate (``bsseval.aggregate_tracks``)."""
+    import numpy as np
+
+    from hybrids.apps.core.progress import progress_bar
+    from hybrids.evaluation.bsseval import load_museval_json, save_museval_json
+    from hybrids.evaluation.separation_report import write_separation_report
+
+    scores: dict[str, dict] = {}
+    usdrs: dict[str, dict[str, float]] = {}
+    bar = progress_bar(total=len(tracks), desc="tracks", unit="track")
+    try:
+        for track in tracks:
+            json_path = out / "museval" / subset / f"{track.name}.json"
+            usdr_path = out / "usdr" / subset / f"{track.name}.json"
+            if json_path.exists() and usdr_path.exists():
+                scores[track.name] = load_museval_json(json_path)
+                usdrs[track.name] = json.loads(usdr_path.read_text())
+                logger.debug("%s: already scored, skipped", track.name)
+            else:
+                metrics, usdr = score_track(track, separator)
+                save_museval_json(json_path, track.name, metrics)
+                _write_json(usdr_path, usdr)
+                # the report is made from the files (museval's 1e-5 rounding), resumed or not
+                scores[track.name], usdrs[track.name] = load_museval_json(json_path), usdr
+                sdr = {
+                    s: round(float(np.nanmedian(m["SDR"])), 2) for s, m in metrics.items() if _any(m["SDR"])
+                }
+                logger.info("%s: SDR %s", track.name, sdr)
+            bar.update(1)
+    finally:
+        bar.close()
+    write_separation_report(out, scores, usdrs, method=method, sources=separator.sources, plots=plots)
+    from hybrids.evaluation.bsseval import aggregate_tracks
+
+    return aggregate_tracks(scores, usdrs)
+
+
+def _any(values: Sequence[float]) -> bool:
+    return any(math.isfinite(v) for v in values)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from hybrids.datasets.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def score_track(track: Any, separator: Any) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Separate ``track.load()["mixture"]`` and score every reference source: returns
+    ``({source: {"SDR"|"SIR"|"SAR"|"ISR": frames}}, {source: uSDR})``."""
+    import numpy as np
+    import torch
+
+    from hybrids.datasets.audio import resample
+    from hybrids.evaluation.bsseval import evaluate, usdr
+
+    audio = track.load()
+    mixture = audio.pop("mixture")
+    rate = int(track.samplerate)
+    references = {name: wav for name, wav in audio.items()}
+    try:
+        stems = separator.separate_tensor(mixture, rate, desc=track.name)
+    except InputError as exc:
+        raise InputError(f"{track.name}: {exc}") from None
+    if separator.samplerate != rate:
+        stems = {name: resample(wav, separator.samplerate, rate) for name, wav in stems.items()}
+    estimates = {}
+    extra = [s for s in stems if s not in references]
+    for source, reference in references.items():
+        if source not in stems and not (source == "other" and extra):
+            raise InputError(
+                f"{track.name}: the model has no estimate for source {source!r} "
+                f"(it separates {', '.join(separator.sources)})"
+            )
+        estimate = stems[source].clone() if source in stems else torch.zeros_like(reference)
+        if source == "other":
+            for name in extra:  # e.g. guitar and piano of htdemucs_6s: MUSDB keeps them in "other"
+                estimate += stems[name]
+        estimates[source] = estimate
+    if extra and "other" not in references:
+        logger.warning(
+            "%s: estimates of %s have no reference and are not scored", track.name, ", ".join(extra)
+        )
+    names = list(references)
+    length = min(w.shape[-1] for w in references.values())
+    ref = np.stack([references[n][:, :length].T.double().numpy() for n in names])  # (nsrc, T, C)
+    est = np.stack([_fit(estimates[n], length).T.double().numpy() for n in names])
+    sdr, isr, sir, sar = evaluate(ref, est)
+    metrics = {
+        name: {"SDR": sdr[k].tolist(), "SIR": sir[k].tolist(), "SAR": sar[k].tolist(), "ISR": isr[k].tolist()}
+        for k, name in enumerate(names)
+    }
+    return metrics, {name: float(v) for name, v in zip(names, usdr(ref, est))}
+
+
+def _fit(wav: Any, length: int) -> Any:
+    """``wav`` ``(channels, samples)`` cut or zero-padded to ``length`` samples."""
+    import torch.nn.functional as F
+
+    if wav.shape[-1] >= length:
+        return wav[..., :length]
+    return F.pad(wav, (0, length - wav.shape[-1]))
