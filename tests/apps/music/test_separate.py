@@ -469,3 +469,29 @@ def test_separator_stream_file_matches_separate_file(shared_data, tmp_path):
         assert float((got - value).abs().max()) <= 1e-5 * float(value.abs().max())
     with pytest.raises(InputError, match="missing.wav: no such file"):
         separator.stream_file(tmp_path / "missing.wav", on_block)
+
+
+class ThreadProbe(FixedStandIn):
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        return super().forward(x)
+
+
+def test_the_last_odd_forward_gets_every_core():
+    """Defaults on a 2-core CPU: one single-threaded forward per core, and the forward left over
+    at the end (chunks % jobs) runs alone with both threads instead of beside an idle core."""
+    model = ThreadProbe(seed=0)
+    model.seen = []
+    mix = torch.randn(1, 2, 60)  # 37-sample segments, stride 27: chunks at 0, 27 and 54
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = apply_model(model, mix, shifts=0, jobs=1, threads=1)
+        model.seen.clear()
+        got = apply_model(model, mix, shifts=0)  # auto: 2 jobs x 1 thread
+        chunks = len(model.seen)
+        assert chunks % 2 == 1 and model.seen[:-1] == [1] * (chunks - 1) and model.seen[-1] == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(got, expected)
