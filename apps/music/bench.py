@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from hybrids.apps.core.errors import InputError
+from hybrids.evaluation.bench.timing import machine_info
 
 __all__ = [
     "DEFAULT_TRACK",
@@ -412,12 +412,7 @@ def run_music_benchmark(**kwargs: Any) -> dict[str, Any]:
         settings["precision"] = list(settings["precision"])
     return {
         "benchmark": "music",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "settings": settings,
         "wall_s": time.perf_counter() - started,
         "rows": rows,

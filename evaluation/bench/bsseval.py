@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from hybrids.datasets.atomic import atomic_write_text
 from hybrids.evaluation.bench.kernels import _with_ratios, format_table
+from hybrids.evaluation.bench.timing import machine_info
 
 VIBE = "kevin_macleod-vibe_ace.ogg"
 SONG = "karissa_hobbs-lets_go_fishin.ogg"
@@ -196,13 +196,7 @@ def run_bsseval_benchmark(
     ]
     rows = _with_ratios(rows)
     return {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": __import__("torch").__version__,
-            "museval": getattr(museval, "__version__", None) or _museval_version(),
-        },
+        "machine": machine_info(museval=getattr(museval, "__version__", None) or _museval_version()),
         "repeats": repeats,
         "wall_s": time.perf_counter() - started,
         "speedup": theirs_s / ours_s,

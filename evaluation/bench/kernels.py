@@ -9,14 +9,13 @@ Ratios are computed against the ``fast`` row of the same case, measured in the s
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hybrids.datasets.atomic import atomic_write_text
+from hybrids.evaluation.bench.timing import machine_info
 
 FAST_IMPLS = ("fast", "factorized", "sdpa")
 
@@ -45,12 +44,7 @@ def run_kernel_benchmarks(
         log(f"running {name} benchmarks ...")
         rows.extend(available[name](repeats=repeats))
     return {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": __import__("torch").__version__,
-        },
+        "machine": machine_info(),
         "repeats": repeats,
         "wall_s": time.perf_counter() - started,
         "rows": _with_ratios(rows),

@@ -91,3 +91,18 @@ def measure_case(
             return {"error": f"timed out after {timeout_s:.0f} s"}
         except Exception as exc:  # the case itself failed; report it as a row, not a crash
             return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """What a benchmark result records about the machine it ran on (plus ``extra`` versions)."""
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        **extra,
+    }
