@@ -465,6 +465,8 @@ def _separate_one(
 
     import torch
 
+    from hybrids.datasets.audio import AudioError
+
     name, _, suffix = track.name.rpartition(".")
     if not name:  # no dot in the name
         name, suffix = track.name, ""
@@ -523,8 +525,8 @@ def _separate_one(
             else:
                 with contextlib.ExitStack() as stack:  # all stems at once, completed together
                     writers = {
-                        stem: stack.enter_context(_writer(t, separator, bits, args))
-                        for stem, t in targets.items()
+                        stem: stack.enter_context(_writer(target, separator, bits, args))
+                        for stem, target in targets.items()
                     }
 
                     def write_block(start: int, stems: dict[str, Any], mix: Any) -> None:
@@ -538,10 +540,12 @@ def _separate_one(
                 for target in targets.values():
                     claimed[target] = track
                     logger.debug("wrote %s", target)
-    except BaseException:
+    except BaseException as exc:
         for path in written:
             path.unlink(missing_ok=True)
             claimed.pop(path, None)
+        if isinstance(exc, AudioError):  # an unwritable folder, a full disk: one line, exit 2
+            raise InputError(str(exc)) from None
         raise
 
 
@@ -554,28 +558,9 @@ def _stream(separator: Any, track: Path, on_block: Any, tmp: str) -> None:
 
 
 def _writer(target: Path, separator: Any, bits: int, args: argparse.Namespace) -> Any:
-    from hybrids.datasets.audio import AudioError, AudioWriter
+    from hybrids.datasets.audio import AudioWriter
 
-    class _Writer(AudioWriter):  # AudioError (unwritable folder, disk full) -> InputError
-        def __enter__(self) -> AudioWriter:
-            try:
-                return super().__enter__()
-            except AudioError as exc:
-                raise InputError(str(exc)) from None
-
-        def write(self, block: Any) -> None:
-            try:
-                super().write(block)
-            except AudioError as exc:
-                raise InputError(str(exc)) from None
-
-        def __exit__(self, *exc: Any) -> None:
-            try:
-                super().__exit__(*exc)
-            except AudioError as error:
-                raise InputError(str(error)) from None
-
-    return _Writer(
+    return AudioWriter(
         target,
         separator.samplerate,
         separator.audio_channels,

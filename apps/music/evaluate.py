@@ -124,7 +124,7 @@ def evaluate_folder(
     import numpy as np
 
     from hybrids.apps.core.progress import progress_bar
-    from hybrids.evaluation.bsseval import load_museval_json, save_museval_json
+    from hybrids.evaluation.bsseval import aggregate_tracks, load_museval_json, save_museval_json
     from hybrids.evaluation.separation_report import write_separation_report
 
     scores: dict[str, dict] = {}
@@ -152,8 +152,6 @@ def evaluate_folder(
     finally:
         bar.close()
     write_separation_report(out, scores, usdrs, method=method, sources=separator.sources, plots=plots)
-    from hybrids.evaluation.bsseval import aggregate_tracks
-
     return aggregate_tracks(scores, usdrs)
 
 
