@@ -1,0 +1,1 @@
+"""hybrids.apps.dna: DNA language models (HybriDNA) and their baselines."""
