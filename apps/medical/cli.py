@@ -1,6 +1,10 @@
 """``hybrids medical ...``: medical image segmentation commands.
 
+    hybrids medical segment INPUT... -o OUT [-m MODEL | --weights PATH] [--device DEV] [--tta]
+                            [--save-probabilities] [--overlap F] [--batch-size N]
     hybrids medical evaluate --pred preds/ --ref labelsTr/ [-o report/] [--labels 1 2] [--tolerance 1]
+
+``segment`` is ``hybrids.apps.medical.segment`` (see there: model folders, output naming, grids).
 
 ``evaluate`` scores every NIfTI label file in ``--pred`` against the file of the same case name in
 ``--ref`` (which may hold more cases): Dice (nnU-Net's empty rule), HD95 in mm and normalised
@@ -42,6 +46,30 @@ def add_parser(commands: Any) -> None:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=run_evaluate)
+    from hybrids.apps.medical.segment import add_segment_arguments, run_segment
+
+    segment = verbs.add_parser(
+        "segment",
+        help="segment NIfTI files / DICOM series into label volumes (nnU-Net-style output folder)",
+        description="Segment each input (a NIfTI file, a DICOM series folder, or a folder of NIfTI files) "
+        "with a model folder's recorded preprocessing and MONAI sliding windows (2-D models slice by "
+        "slice); writes OUT/<case>.nii.gz in the input's exact grid (shape, affine, header) with the label "
+        "names. A failing case does not stop the batch (exit status 2 with a summary).",
+    )
+    add_segment_arguments(segment)
+    segment.set_defaults(func=run_segment)
+    from hybrids.apps.medical.train import add_train_arguments, run_train
+
+    train = verbs.add_parser(
+        "train",
+        help="train a segmentation model on a Medical Segmentation Decathlon folder (Lightning)",
+        description="Train a registered segmentation model on an MSD dataset folder (nnU-Net's k-fold "
+        "split): foreground-oversampled patches, MONAI augmentations, Dice + cross-entropy; validates "
+        "whole cases (Dice per class) and writes OUT/best, a model folder `hybrids medical segment` "
+        "reads. Several devices: --devices N --strategy ddp.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
