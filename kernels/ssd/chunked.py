@@ -207,8 +207,12 @@ def _segment(
 
 @functools.lru_cache(maxsize=16)
 def _upper(Q: int, device: torch.device) -> Tensor:
-    """Strictly-upper-triangular (acausal) mask of a chunk, ``(Q, Q)`` bool."""
-    return torch.ones(Q, Q, dtype=torch.bool, device=device).triu(1)
+    """Strictly-upper-triangular (acausal) mask of a chunk, ``(Q, Q)`` bool.
+
+    Built outside inference mode: the cached tensor outlives the call, and an inference tensor could
+    not be saved for backward by a later training step in the same process."""
+    with torch.inference_mode(False):
+        return torch.ones(Q, Q, dtype=torch.bool, device=device).triu(1)
 
 
 #: exp() arguments below this give exactly 0 (float32/16 and float64 respectively).

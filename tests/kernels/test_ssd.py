@@ -436,3 +436,22 @@ def test_mamba_ssm_kernel_matches_the_chunked_path(g):
     scale = y_cpu.abs().max().item()
     assert max_diff(y_gpu.cpu(), y_cpu) <= 1e-3 * scale and max_diff(s_gpu.cpu(), s_cpu) <= 1e-3 * scale
     assert max_diff(y_fast.cpu(), y_cpu) <= 1e-4 * scale  # the pure-torch path also runs on CUDA
+
+
+def test_training_after_inference_mode_in_one_process():
+    """The cached chunk mask must not be an inference tensor (it would break a later backward)."""
+    torch.manual_seed(0)
+    b, length, h, p, n = 1, 24, 2, 4, 8
+    x = torch.randn(b, length, h, p)
+    dt = torch.rand(b, length, h) * 0.5 + 0.1
+    A = -torch.rand(h) - 0.5
+    B = torch.randn(b, length, 1, n)
+    C = torch.randn(b, length, 1, n)
+    chunk = 7  # a chunk size no other test uses, so the mask is first built right here
+    with torch.inference_mode():
+        ssd_scan_chunked(x, dt, A, B, C, chunk_size=chunk)
+    for tensor in (x, dt, A, B, C):
+        tensor.requires_grad_(True)
+    out = ssd_scan_chunked(x, dt, A, B, C, chunk_size=chunk)
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    assert B.grad is not None and C.grad is not None
