@@ -89,9 +89,9 @@ _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
-    """A ResNet trunk: stem (7x7 conv stride ``stem_stride``, norm, ReLU, optional 3x3 max-pool) and
-    ``num_stages`` stages of ``layers[i]`` blocks with ``base_width * 2**i`` planes (stride 1 for the
-    first stage, 2 after).
+    """A ResNet trunk: stem (``stem_kernel`` conv, 7 in the paper, stride ``stem_stride``, norm, ReLU,
+    optional 3x3 max-pool) and ``num_stages`` stages of ``layers[i]`` blocks with ``base_width * 2**i``
+    planes (stride 1 for the first stage, 2 after).
 
     ``forward_features(x)`` returns ``[stem, layer1, ..., layer{num_stages}]`` for ``x`` ``(b, in_channels,
     *spatial)``; ``feature_channels`` / ``feature_strides`` describe them (stride 2, 4, 8, 16, 32 with
@@ -109,6 +109,7 @@ class ResNet(nn.Module):
         base_width: int = 64,
         num_stages: int = 4,
         stem_stride: int = 2,
+        stem_kernel: int = 7,
         maxpool: bool = True,
         norm: str = "batch",
         num_classes: int | None = None,
@@ -122,12 +123,12 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"need 1 <= num_stages <= len(layers) and layers >= 1, got {num_stages}, {layers}"
             )
-        if in_channels < 1 or base_width < 1 or stem_stride not in (1, 2):
-            raise ValueError("in_channels and base_width must be >= 1 and stem_stride 1 or 2")
+        if in_channels < 1 or base_width < 1 or stem_stride not in (1, 2) or stem_kernel % 2 == 0:
+            raise ValueError("in_channels and base_width must be >= 1, stem_stride 1 or 2, stem_kernel odd")
         block_cls = _BLOCKS[block]
         self.spatial_dims = spatial_dims
         self.conv1 = conv_nd(spatial_dims)(
-            in_channels, base_width, 7, stride=stem_stride, padding=3, bias=False
+            in_channels, base_width, stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False
         )
         self.bn1 = make_norm(norm, base_width, spatial_dims)
         self.relu = nn.ReLU(inplace=True)
