@@ -28,8 +28,10 @@ float64 forward than it): oneDNN linear layers with fused GELU and residual sums
 attention (``hybrids.kernels``), the attention biases, score scale and layer scales folded into the
 projections, a channels-last spectral branch, per-frequency-bin blocks that stay in cache, in-place
 DConv residuals whose group norms take their statistics from the hidden input's moments,
-transposed convs as phase convolutions, blocked layout changes around the (i)STFT. Under
-``torch.autocast`` (bfloat16) the temporal branch is kept in float32 (see ``forward``).
+transposed convs as phase convolutions, blocked layout changes around the (i)STFT, an inverse STFT
+as slab-wise overlap-adds. Under ``torch.autocast`` (bfloat16) the temporal branch is kept in
+float32 (see ``forward``), and the folded transformer weights are cast once and cached per module
+(rebuilt when a parameter changes; ``_folded``).
 In eval mode, as in demucs, an input shorter than the training segment is zero-padded to it and
 the output trimmed back; a longer one must be split into segments by the caller.
 """
@@ -39,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -383,6 +386,32 @@ def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, gelu: 
     return linear(x, weight, bias, activation="gelu" if gelu else "none")
 
 
+# module -> {(key, dtype): (stamp of the source parameters, folded weights)}; kept beside the
+# modules (not in their __dict__) so that deepcopy, pickling and state dicts never see it.
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _folded(owner: nn.Module, key: str, dtype: torch.dtype, sources: tuple[Tensor, ...], build: Any) -> Any:
+    """``build()`` (inference weights folded from ``sources``), cast to ``dtype`` and kept for ``owner``.
+
+    Under autocast (bfloat16) the folded transformer weights are cast once and reused by every
+    segment until a source parameter changes (new storage, dtype or in-place update, e.g.
+    ``load_state_dict``); in the parameters' own dtype they are rebuilt on each call (no second
+    copy of the weights in memory). ``build() -> tuple[Tensor | None, ...]``.
+    """
+    if all(t.dtype == dtype for t in sources):
+        return build()
+    stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+    cache = _FOLDED.setdefault(owner, {})
+    hit = cache.get((key, dtype))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with _autocast_off(sources[0].device.type):  # folded in the parameters' precision, rounded once
+        value = tuple(None if t is None else t.to(dtype) for t in build())
+    cache[(key, dtype)] = (stamp, value)
+    return value
+
+
 def _inference(x: Tensor) -> bool:
     """Whether the oneDNN transformer path applies to ``x`` (CPU, no autograd, float32/bfloat16)."""
     return (
@@ -425,10 +454,17 @@ def stft(x: Tensor, nfft: int, hop: int) -> Tensor:
 
 
 def istft(z: Tensor, hop: int, length: int) -> Tensor:
-    """Inverse of :func:`stft`: ``(..., bins, frames)`` complex -> ``(..., length)`` real."""
+    """Inverse of :func:`stft`: ``(..., bins, frames)`` complex -> ``(..., length)`` real.
+
+    Inference (no autograd) with ``nfft`` a multiple of ``hop`` takes :func:`_istft_overlap_add`.
+    """
     *lead, bins, frames = z.shape
     nfft = 2 * bins - 2
     window = torch.hann_window(nfft, device=z.device, dtype=z.real.dtype)
+    if not torch.is_grad_enabled() and nfft % hop == 0 and length <= nfft + hop * (frames - 1) - nfft // 2:
+        x = _istft_overlap_add(z.reshape(-1, bins, frames), window, hop, length)
+        if x is not None:
+            return x.view(*lead, length)
     x = torch.istft(
         z.reshape(-1, bins, frames),
         nfft,
@@ -440,6 +476,34 @@ def istft(z: Tensor, hop: int, length: int) -> Tensor:
         center=True,
     )
     return x.view(*lead, length)
+
+
+def _istft_overlap_add(z: Tensor, window: Tensor, hop: int, length: int) -> Tensor | None:
+    """``torch.istft(z, nfft, hop, window, normalized=True, center=True, length=length)`` for
+    ``z (n, bins, frames)`` when ``hop`` divides ``nfft``, without autograd (None where the
+    window envelope vanishes: torch's istft then raises its own error).
+
+    Each frame's inverse FFT is split into ``nfft / hop`` slabs of ``hop`` samples; slab ``j`` of
+    frame ``f`` lands on output block ``f + j``, so the windowed overlap-add is ``nfft / hop``
+    strided multiply-adds over whole slabs (torch windows every frame into a new buffer, then
+    scatters it with a col2im, and builds the envelope the same way). Reads frame-major ``z``
+    (``z.transpose(-1, -2)`` contiguous) without a copy. Same sums as torch's up to rounding.
+    """
+    n, bins, frames = z.shape
+    nfft = 2 * bins - 2
+    taps = nfft // hop
+    y = torch.fft.irfft(z.transpose(-1, -2), n=nfft, dim=-1, norm="ortho").view(n, frames, taps, hop)
+    slabs = window.view(taps, hop)
+    out = y.new_zeros(n, frames + taps - 1, hop)
+    envelope = slabs.new_zeros(frames + taps - 1, hop)
+    for j in range(taps):
+        out[:, j : j + frames].addcmul_(y[:, :, j], slabs[j])
+        envelope[j : j + frames] += slabs[j].square()
+    start = nfft // 2
+    envelope = envelope.view(-1)[start : start + length]
+    if bool(envelope.abs().min() < 1e-11):
+        return None
+    return out.view(n, -1)[:, start : start + length].div_(envelope)
 
 
 # -- convolutional blocks -----------------------------------------------------------------------
@@ -960,33 +1024,46 @@ class PackedMultiheadAttention(nn.Module):
             out = self(query, context)
             return residual + (out if gamma is None else out * gamma)
         d, heads = self.dim, self.heads
-        scale = 1.0 / math.sqrt(d // heads)
-        weight, bias = self.in_proj_weight, self.in_proj_bias
         source = query if context is None else context
+        w_qk, b_qk, w_v, w_out, b_out = self._folded_weights(compute_dtype(query), gamma)
         if context is None:  # q and k from one GEMM
-            qk = linear(
-                query,
-                torch.cat([weight[:d] * scale, weight[d : 2 * d]]),
-                torch.cat([bias[:d] * scale, bias.new_zeros(d)]),
-            )
+            qk = linear(query, w_qk, b_qk)
             q, k = qk[..., :d], qk[..., d:]
         else:
-            q = linear(query, weight[:d] * scale, bias[:d] * scale)
-            k = linear(context, weight[d : 2 * d])
+            q = linear(query, w_qk[:d], b_qk[:d])
+            k = linear(context, w_qk[d:])
         b, lk = source.shape[:2]
         # v^T = W_v source^T: (b, dim, lk), i.e. (b, heads, dim / heads, lk) rows
-        vt = torch.stack([linear(weight[2 * d :], source[i]) for i in range(b)]) if b > 1 else None
-        vt = linear(weight[2 * d :], source[0])[None] if vt is None else vt
+        vt = torch.stack([linear(w_v, source[i]) for i in range(b)]) if b > 1 else None
+        vt = linear(w_v, source[0])[None] if vt is None else vt
         out = blocked_attention(
             self._heads(q), self._heads(k), vt.view(b, heads, d // heads, lk).transpose(-2, -1), scale=1.0
         )
         lq = out.shape[2]
         out = out.transpose(1, 2).reshape(b, lq, d)
-        w_out = self.out_proj.weight
-        b_out = torch.addmv(self.out_proj.bias, w_out, bias[2 * d :])
-        if gamma is not None:
-            w_out, b_out = w_out * gamma[:, None], b_out * gamma
         return linear(out, w_out, b_out, residual=residual)
+
+    def _folded_weights(self, dtype: torch.dtype, gamma: Tensor | None) -> tuple[Tensor, ...]:
+        """``(w_qk, b_qk, w_v, w_out, b_out)`` of :meth:`add_to` in ``dtype``: the score scale folded
+        into the query rows, the key bias dropped, the value bias moved into ``b_out``, ``gamma``
+        folded into the output projection (cached across calls under autocast, see :func:`_folded`)."""
+        d = self.dim
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+
+        def build() -> tuple[Tensor, ...]:
+            scale = 1.0 / math.sqrt(d // self.heads)
+            w_qk = torch.cat([weight[:d] * scale, weight[d : 2 * d]])
+            b_qk = torch.cat([bias[:d] * scale, bias.new_zeros(d)])
+            w_out = self.out_proj.weight
+            b_out = torch.addmv(self.out_proj.bias, w_out, bias[2 * d :])
+            if gamma is not None:
+                w_out, b_out = w_out * gamma[:, None], b_out * gamma
+            return w_qk, b_qk, weight[2 * d :], w_out, b_out
+
+        sources = (weight, bias, self.out_proj.weight, self.out_proj.bias)
+        if gamma is not None:
+            sources += (gamma,)
+        return _folded(self, f"attention:{gamma is not None}", dtype, sources, build)
 
 
 class _TransformerLayerBase(nn.Module):
@@ -1026,11 +1103,20 @@ class _TransformerLayerBase(nn.Module):
 
     def _feed_forward_add(self, x: Tensor, h: Tensor) -> Tensor:
         """``x + gamma_2 * FF(h)`` in inference, gamma folded into ``linear2``, the sum fused into it."""
-        h = linear(h, self.linear1.weight, self.linear1.bias, activation="gelu")
-        w, b, gamma = self.linear2.weight, self.linear2.bias, self._gamma(2)
+        gamma = self._gamma(2)
+
+        def build() -> tuple[Tensor, ...]:
+            w, b = self.linear2.weight, self.linear2.bias
+            if gamma is not None:
+                w, b = w * gamma[:, None], b * gamma
+            return self.linear1.weight, self.linear1.bias, w, b
+
+        sources = (self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias)
         if gamma is not None:
-            w, b = w * gamma[:, None], b * gamma
-        return linear(h, w, b, residual=x)
+            sources += (gamma,)
+        w1, b1, w2, b2 = _folded(self, "feed_forward", compute_dtype(h), sources, build)
+        h = linear(h, w1, b1, activation="gelu")
+        return linear(h, w2, b2, residual=x)
 
     def _finish(self, x: Tensor) -> Tensor:
         return x if self.norm_out is None else self.norm_out(x)

@@ -89,3 +89,22 @@ def test_bad_arguments():
         blocked_attention(q, k, v[:, :, :3])
     with pytest.raises(ValueError, match="floating dtype"):
         blocked_attention(q, k.double(), v)
+
+
+@pytest.mark.skipif(not onednn_available(torch.bfloat16), reason="oneDNN bfloat16 is not available")
+def test_bfloat16_onednn_softmax_matches_torch_softmax(monkeypatch):
+    import hybrids.kernels.attention.blocked as blocked
+
+    q, k, v = _qkv(2, 4, 2, 300, 170, 16, 8, seed=5)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    if not blocked._onednn_tensor_ops(torch.bfloat16):
+        pytest.skip("oneDNN tensor softmax is not available")
+    assert not blocked._onednn_tensor_ops(torch.float32)  # float32 keeps torch's softmax
+    with torch.no_grad():
+        fast = blocked_attention(q, k, v, block=64)
+        monkeypatch.setitem(blocked._ONEDNN_TENSOR_OPS, torch.bfloat16, False)
+        plain = blocked_attention(q, k, v, block=64)
+    assert fast.dtype == torch.bfloat16 and fast.shape == (2, 4, 300, 8)
+    # both accumulate in float32 and round the probabilities once: at most one bfloat16 ulp apart
+    assert float((fast.float() - plain.float()).abs().max()) <= 2 ** -7 * float(plain.float().abs().max())
+    assert not torch.equal(fast, torch.zeros_like(fast))
