@@ -3,6 +3,8 @@
     hybrids medical segment INPUT... -o OUT [-m MODEL | --weights PATH] [--device DEV] [--tta]
                             [--save-probabilities] [--overlap F] [--batch-size N]
     hybrids medical evaluate --pred preds/ --ref labelsTr/ [-o report/] [--labels 1 2] [--tolerance 1]
+    hybrids medical report -m RUN_A/best RUN_B/best --data DIR [-o report/] [--attention-png]
+    hybrids medical pretrain-dino --data DIR [-o OUT] [--arch vit_small] [--patch-size 16|8] [--max-time M]
 
 ``segment`` is ``hybrids.apps.medical.segment`` (see there: model folders, output naming, grids).
 
@@ -70,6 +72,28 @@ def add_parser(commands: Any) -> None:
     )
     add_train_arguments(train)
     train.set_defaults(func=run_train)
+    from hybrids.apps.medical.pretrain_dino import add_pretrain_dino_arguments, run_pretrain_dino
+
+    pretrain_dino = verbs.add_parser(
+        "pretrain-dino",
+        help="DINO self-supervised pretraining of a ViT on unlabeled slices (DIAMANT's attention encoder)",
+        description="Pretrain a ViT with DINO (student/EMA teacher, multi-crop, centering and sharpening) on "
+        "the 2-D slices of every volume in an MSD folder's imagesTr or a folder of NIfTI files; writes "
+        "OUT/teacher (model.safetensors + config.json) and OUT/attention_maps.png. Resumable (--resume).",
+    )
+    add_pretrain_dino_arguments(pretrain_dino)
+    pretrain_dino.set_defaults(func=run_pretrain_dino)
+    from hybrids.apps.medical.report import add_report_arguments, run_report
+
+    report = verbs.add_parser(
+        "report",
+        help="compare trained model folders on their shared validation cases (Dice, HD95, size, speed)",
+        description="Segment the validation cases the model folders share with each model (CPU) and "
+        "write report.md / report.csv: Dice and HD95 per class, parameters, GFLOPs per slice, CPU "
+        "seconds per volume (see hybrids.apps.medical.report).",
+    )
+    add_report_arguments(report)
+    report.set_defaults(func=run_report)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ Every model follows one contract: ``forward(x (b, in_channels, *spatial)) -> log
 from __future__ import annotations
 
 from hybrids.apps.core.registry import register_model
+from hybrids.apps.medical.diamant import DIAMANT, DIAMANTConfig
 from hybrids.apps.medical.hiformer import HiFormer, HiFormerConfig
 from hybrids.apps.medical.swtr_unet import SWTRUnet, SWTRUnetConfig
 
@@ -44,3 +45,12 @@ def swtr_unet(config: SWTRUnetConfig) -> SWTRUnet:
 def swtr_unet_3d(config: SWTRUnetConfig) -> SWTRUnet:
     """SWTR-Unet, 3-D variant (3-D ResNet-50 encoder, 4 transformer layers)."""
     return SWTRUnet(config)
+
+
+# -- DIAMANT (Yeganeh et al. 2023) ----------------------------------------------------------------------
+
+
+@register_model("medical/diamant", config=DIAMANTConfig, preset="default")
+def diamant(config: DIAMANTConfig) -> DIAMANT:
+    """DIAMANT: U-Net image encoder + convolutional encoder of frozen DINO ViT-S/16 attention maps."""
+    return DIAMANT(config)

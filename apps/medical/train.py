@@ -113,6 +113,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--preset", help="config preset of the model (default: the model's own)")
     model.add_argument(
+        "--init-attention-encoder",
+        type=Path,
+        metavar="PATH",
+        help="DIAMANT: frozen ViT weights, a DINO teacher folder (model.safetensors + config.json) or an "
+        "official DINO .pth; the model takes its ViT shape and input size (repeat it with --resume)",
+    )
+    model.add_argument(
         "--patch-size",
         type=_ints,
         metavar="XxYxZ",

@@ -710,6 +710,10 @@ def train(args: argparse.Namespace) -> TrainResult:
     model = build_model(
         args.model, args.preset, in_channels=dataset.in_channels, num_classes=dataset.num_classes
     )
+    if getattr(args, "init_attention_encoder", None):
+        if not hasattr(model, "load_attention_encoder"):
+            raise InputError(f"--init-attention-encoder: {args.model} has no attention encoder (DIAMANT has)")
+        model.load_attention_encoder(args.init_attention_encoder)
     dims, divisor = int(model.spatial_dims), int(getattr(model, "size_divisor", 1) or 1)
     if args.patch_size is not None:
         if len(args.patch_size) != dims:

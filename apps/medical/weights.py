@@ -9,16 +9,25 @@ HiFormer (``hiformer.py``) starts from torchvision's ImageNet ResNet-34 (HiForme
 ``medical/resnet34_imagenet1k_v1``          ``resnet34-b627a593.pth`` (torchvision, BSD-3-Clause)
 ``medical/resnet50_imagenet1k_v1``          ``resnet50-0676ba61.pth`` (torchvision, BSD-3-Clause)
 ``medical/swin_tiny_patch4_window7_224``    ``swin_tiny_patch4_window7_224.pth`` (Swin-Transformer, MIT)
+``medical/dino_vits16``                     ``dino_deitsmall16_pretrain.pth`` (DINO ViT-S/16, Apache-2.0)
+``medical/dino_vits8``                      ``dino_deitsmall8_pretrain.pth`` (DINO ViT-S/8, Apache-2.0)
 =========================================  ============================================================
+
+The DINO files (the teacher backbones of Caron et al. 2021, self-supervised on ImageNet-1k; the URLs of
+the official ``hubconf.py``) are DIAMANT's attention encoder and the starting point of ``hybrids medical
+pretrain-dino``. They load into :class:`hybrids.shared_blocks.vit.VisionTransformer` with
+:func:`load_dino_backbone` (patch embedding adapted to the model's channels, position embedding resized
+to its grid).
 
 **Hash checks.** The project's :class:`~hybrids.apps.core.weights.WeightsEntry` requires a full sha256,
 which is not published for these files and could not be found offline. torchvision's file names carry
 the first 8 hex digits of the file's sha256 (torch.hub checks that prefix), so these entries record the
 prefix and :func:`verify_encoder_file` checks it (a full digest is checked instead when one is recorded).
-The official Swin-T file has no published hash at all: it is checked by content only (every key and
-shape the encoder needs must be there). Downloads go to the project cache (``$HYBRIDS_CACHE`` or
-``torch.hub.get_dir()/checkpoints``) through ``torch.hub.download_url_to_file`` with the prefix check;
-``HYBRIDS_OFFLINE=1`` forbids them and the error names the file, its URL and the cache folder.
+The official Swin-T and DINO files have no published hash at all: they are checked by content only
+(every key and shape the encoder needs must be there). Downloads go to the project cache
+(``$HYBRIDS_CACHE`` or ``torch.hub.get_dir()/checkpoints``) through ``torch.hub.download_url_to_file``
+with the prefix check; ``HYBRIDS_OFFLINE=1`` forbids them and the error names the file, its URL and the
+cache folder.
 
 **Loading never unpickles arbitrary objects**: files are read by
 :func:`hybrids.apps.core.weights.read_weights_file` (safetensors, or a PyTorch file through
@@ -54,6 +63,8 @@ __all__ = [
     "ENCODER_WEIGHTS",
     "IMAGENET",
     "EncoderWeights",
+    "dino_backbone_state_dict",
+    "load_dino_backbone",
     "load_official_hiformer",
     "load_pretrained_encoders",
     "official_hiformer_state_dict",
@@ -69,6 +80,7 @@ _IMAGENET_PREPROCESSING = {
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
 }
+_DINO_PRETRAINING = "DINO self-supervised on ImageNet-1k (no labels), RGB in [0, 1]"
 _IMAGENET_TERMS = (
     "the weights were trained on ImageNet-1k, whose terms of access allow non-commercial research and "
     "educational use only"
@@ -82,7 +94,7 @@ class EncoderWeights:
     name: str
     url: str
     license: str
-    kind: str  # "resnet34" | "resnet50" | "swin_t"
+    kind: str  # "resnet34" | "resnet50" | "swin_t" | "vit_small16" | "vit_small8"
     sha256: str = ""  # full digest, when known
     sha256_prefix: str = ""  # leading hex digits of the sha256 (torchvision file names carry 8)
     filename: str = ""
@@ -116,6 +128,20 @@ ENCODER_WEIGHTS: dict[str, EncoderWeights] = {
             kind="resnet50",
             sha256_prefix="0676ba61",
             preprocessing=_IMAGENET_PREPROCESSING,
+        ),
+        EncoderWeights(
+            name="medical/dino_vits16",
+            url="https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+            license=f"Apache-2.0 (facebookresearch/dino); {_IMAGENET_TERMS}",
+            kind="vit_small16",
+            preprocessing={**_IMAGENET_PREPROCESSING, "pretraining": _DINO_PRETRAINING, "image_size": 224},
+        ),
+        EncoderWeights(
+            name="medical/dino_vits8",
+            url="https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+            license=f"Apache-2.0 (facebookresearch/dino); {_IMAGENET_TERMS}",
+            kind="vit_small8",
+            preprocessing={**_IMAGENET_PREPROCESSING, "pretraining": _DINO_PRETRAINING, "image_size": 224},
         ),
         EncoderWeights(
             name="medical/swin_tiny_patch4_window7_224",
@@ -355,3 +381,81 @@ def load_official_hiformer(model: nn.Module, path: str | Path) -> None:
     does not fit)."""
     path = Path(path)
     load_into(model, official_hiformer_state_dict(_read_tensors(path)), path)
+
+
+# -- DINO ViT backbones --------------------------------------------------------------------------------------
+_DINO_DEFAULT = {8: "medical/dino_vits8", 16: "medical/dino_vits16"}
+
+
+def dino_backbone_state_dict(
+    state_dict: Mapping[str, Any], model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """A DINO checkpoint's ViT backbone in our layout (the names are the same).
+
+    Accepts the official backbone files (a bare state dict), a full training checkpoint's ``teacher`` /
+    ``student`` dict (``module.`` and ``backbone.`` prefixes dropped, ``head.*`` dropped) and our own
+    ``pretrain-dino`` teacher. With ``model`` (a :class:`~hybrids.shared_blocks.vit.VisionTransformer`), the
+    patch embedding is adapted to its ``in_chans`` (:func:`hybrids.shared_blocks.resnet.adapt_first_conv`)
+    and the position embedding resized (bicubic, DINO's rule) to its ``img_size / patch_size`` grid.
+    """
+    from hybrids.shared_blocks.resnet import adapt_first_conv
+    from hybrids.shared_blocks.vit import resize_pos_embed
+
+    for key in ("teacher", "student", "model", "state_dict"):
+        if isinstance(state_dict.get(key), Mapping):
+            state_dict = state_dict[key]
+            break
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "backbone."):
+            key = key.removeprefix(prefix)
+        if key.startswith("head.") or not isinstance(value, torch.Tensor):
+            continue
+        out[key] = value
+    if model is not None:
+        proj = out.get("patch_embed.proj.weight")
+        if proj is not None and proj.dim() == 4 and proj.shape[1] != model.in_chans:
+            out["patch_embed.proj.weight"] = adapt_first_conv(proj, model.in_chans)
+        pos = out.get("pos_embed")
+        if pos is not None and pos.dim() == 3 and pos.shape[1] != model.pos_embed.shape[1]:
+            grid = model.img_size // model.patch_size
+            try:
+                out["pos_embed"] = resize_pos_embed(pos, grid, grid)
+            except ValueError as exc:
+                raise CheckpointError(f"DINO checkpoint: pos_embed {tuple(pos.shape)}: {exc}") from None
+    return out
+
+
+def load_dino_backbone(
+    model: nn.Module,
+    weights: str | Path = IMAGENET,
+    *,
+    search_dirs: Iterable[str | Path] = (),
+    allow_download: bool | None = None,
+) -> Path:
+    """Load DINO ViT weights into ``model`` (a :class:`~hybrids.shared_blocks.vit.VisionTransformer`)
+    strictly and return the file used.
+
+    ``weights``: ``"imagenet"`` (the official ViT-S file of the model's patch size,
+    ``dino_deitsmall{16,8}_pretrain.pth``; resolved from ``search_dirs`` / the cache, downloaded unless
+    offline), an entry name, or a file (an official ``.pth``, read with ``torch.load(weights_only=True)``
+    semantics by the restricted reader, or a ``.safetensors`` / ``pretrain-dino`` teacher folder). A
+    missing key or a wrong shape is one ``CheckpointError`` line.
+    """
+    if weights == IMAGENET:
+        patch = int(getattr(model, "patch_size", 0))
+        if patch not in _DINO_DEFAULT or getattr(model, "embed_dim", None) != 384:
+            raise InputError(
+                f"load_dino_backbone: official DINO ViT-S weights exist for patch 8/16 and width 384, the "
+                f"model has patch {patch} and width {getattr(model, 'embed_dim', None)}; pass a file"
+            )
+        weights = _DINO_DEFAULT[patch]
+    if Path(weights).is_dir():  # a pretrain-dino teacher folder
+        path = Path(weights)
+    else:
+        path, _ = resolve_encoder_weights(weights, search_dirs=search_dirs, allow_download=allow_download)
+    loaded = read_weights_file(path)
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"{path}: does not contain a state dict")
+    load_into(model, dino_backbone_state_dict(loaded, model), path)
+    return path

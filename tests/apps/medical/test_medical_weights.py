@@ -59,6 +59,8 @@ def fake_official_swin(path: Path, model: HiFormer) -> dict[str, torch.Tensor]:
 def test_registered_entries():
     names = sorted(W.ENCODER_WEIGHTS)
     assert names == [
+        "medical/dino_vits16",
+        "medical/dino_vits8",
         "medical/resnet34_imagenet1k_v1",
         "medical/resnet50_imagenet1k_v1",
         "medical/swin_tiny_patch4_window7_224",
