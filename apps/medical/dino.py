@@ -60,6 +60,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.lightning_hooks import ThreadsHooks, TrainingClock
 from hybrids.shared_blocks.vit import VisionTransformer
 
 logger = logging.getLogger("hybrids.medical.dino")
@@ -470,7 +471,7 @@ class DINODataModule(L.LightningDataModule):
 
 
 # -- Lightning module --------------------------------------------------------------------------------------
-class DINOModule(L.LightningModule):
+class DINOModule(ThreadsHooks, TrainingClock, L.LightningModule):
     """Student, EMA teacher, DINO loss and schedules (see the module docstring).
 
     ``vit`` holds :class:`~hybrids.shared_blocks.vit.VisionTransformer`'s keyword arguments; ``img_size``
@@ -529,32 +530,6 @@ class DINOModule(L.LightningModule):
         self._start: float | None = None
         self._losses: list[float] = []
         self._threads_before: int | None = None
-
-    # threads and time -----------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if self.threads:
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-
-    def teardown(self, stage: str) -> None:
-        if self._threads_before is not None:
-            torch.set_num_threads(self._threads_before)
-            self._threads_before = None
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["hybrids_train_seconds"] = self.elapsed()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_seconds = float(checkpoint.get("hybrids_train_seconds", 0.0))
-
-    def elapsed(self) -> float:
-        return self.train_seconds + (time.monotonic() - self._start if self._start is not None else 0.0)
-
-    def on_fit_start(self) -> None:
-        self._start = time.monotonic()
-
-    def on_fit_end(self) -> None:
-        self.train_seconds, self._start = self.elapsed(), None
 
     def progress(self) -> float:
         """Training progress in [0, 1]: the larger of steps / total steps and time / ``max_seconds``."""

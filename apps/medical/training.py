@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.lightning_hooks import ThreadsHooks, TrainingClock
 from hybrids.apps.medical.preprocessing import Preprocessing, normalize_intensity, spatial_transforms_dict
 from hybrids.apps.medical.train import HISTORY_NAME, RESUME_NAME, check_args
 from hybrids.datasets.medical import MedicalImageError, load_label_volume, load_volume, read_nifti_geometry
@@ -356,7 +357,7 @@ def predict_case(
 
 
 # -- the Lightning module -------------------------------------------------------------------------------
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(ThreadsHooks, TrainingClock, L.LightningModule):
     """Wraps a segmentation model (``self.model``, a plain ``nn.Module``) for training."""
 
     def __init__(
@@ -391,33 +392,6 @@ class SegmentationModule(L.LightningModule):
         self._losses: list[float] = []
         self._rows: list[torch.Tensor] = []
         self._threads_before: int | None = None
-
-    # threads ------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if self.threads:
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-
-    def teardown(self, stage: str) -> None:
-        if self._threads_before is not None:
-            torch.set_num_threads(self._threads_before)
-            self._threads_before = None
-
-    # state kept in resume.ckpt -----------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["hybrids_train_seconds"] = self.elapsed()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_seconds = float(checkpoint.get("hybrids_train_seconds", 0.0))
-
-    def elapsed(self) -> float:
-        return self.train_seconds + (time.monotonic() - self._start if self._start is not None else 0.0)
-
-    def on_fit_start(self) -> None:
-        self._start = time.monotonic()
-
-    def on_fit_end(self) -> None:
-        self.train_seconds, self._start = self.elapsed(), None
 
     # training ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

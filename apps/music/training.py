@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.lightning_hooks import ThreadsHooks
 from hybrids.apps.music.htdemucs import HTDemucs, HTDemucsConfig
 from hybrids.apps.music.train import HISTORY_NAME, PRESETS, check_args
 from hybrids.datasets.musdb import MIXTURE, MusdbError, MusdbTrack, open_musdb, open_stems_folder
@@ -376,7 +377,7 @@ class StemsDataModule(L.LightningDataModule):
 
 
 # -- the Lightning module --------------------------------------------------------------------------
-class HTDemucsTrainingModule(L.LightningModule):
+class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
     """Wraps an :class:`HTDemucs` (``self.model``, a plain ``nn.Module``) for training."""
 
     def __init__(
@@ -400,16 +401,6 @@ class HTDemucsTrainingModule(L.LightningModule):
         self.threads = threads
         self.history: list[dict[str, Any]] = []
         self._threads_before: int | None = None
-
-    def setup(self, stage: str) -> None:
-        if self.threads:
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-
-    def teardown(self, stage: str) -> None:
-        if self._threads_before is not None:
-            torch.set_num_threads(self._threads_before)
-            self._threads_before = None
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         return self.model(mix)
