@@ -4,7 +4,7 @@ self-attention maps of a frozen self-supervised ViT (DINO), one channel per head
 
     x (b, C, H, W) ---------------------------------------------------> image encoder (U-Net levels)
       |                                                                   skips e0..e(L-2), deep eL-1
-      +-> ViT input: channel 0 resized to vit_img_size^2, repeated to vit_in_chans
+      +-> ViT input: channel 0 resized to s^2 (s = vit_map_size or vit_img_size), repeated to vit_in_chans
           -> frozen ViT, last block's CLS attention [:, :, 0, 1:] -> (b, heads, n, n) -> upsampled by p
           -> resized back to (H, W): maps (b, heads, H, W)   [no_grad; optional per-slice cache]
           -> attention encoder (same U-Net levels, own widths) -> deep aL-1
@@ -25,24 +25,26 @@ fused at the bottleneck, a U-Net decoder with skip connections. Choices made her
 - the attention maps are DINO's visualisation recipe: last block, CLS query, patch keys, per head,
   upsampled by the patch size (nearest, as DINO's ``visualize_attention.py``) and then resized
   (bilinear) to the slice; the ViT input is the (z-scored) slice resized to the ViT's training size
-  (``vit_img_size``, read from the DINO teacher's config by :func:`load_attention_encoder`);
+  (``vit_img_size``, read from the DINO teacher's config by :func:`load_attention_encoder`) or, with
+  ``vit_map_size``, to a larger square whose finer patch grid DINO's own visualisations use (models
+  trained at 224 shown at 480; position embeddings interpolated);
 - the ViT is a submodule whose weights are in the state dict (a model folder is self-contained), kept in
   eval mode with ``requires_grad=False`` even under ``model.train()``; maps are computed under
   ``torch.no_grad``; the optimiser sees no gradient for it (AdamW/SGD skip parameters without grads);
 - ``attention_branch=False`` is the ablation: the same image encoder and decoder without the ViT, the
   attention encoder and the fusion layer;
 - ``attention_cache=N`` keeps the patch-level maps of up to N slices (LRU, keyed by a BLAKE2 hash of
-  the slice's bytes, shape and dtype; 1.5 KB per slice for 6 heads on an 8x8 patch grid), so the
-  frozen ViT runs once per distinct slice. It pays off whenever the very same slice tensor comes back:
-  the validation pass repeated every epoch (same padded, z-scored slices), re-evaluation, training
-  without augmentation. With random augmentation every training slice is new and the cache only costs
-  a hash per slice (the ViT then runs on every step).
+  the slice's bytes, shape and dtype; 1.5 KB per slice for 6 heads on an 8x8 patch grid, 6 KB on
+  16x16), so the frozen ViT runs once per distinct slice. It pays off whenever the very same slice
+  tensor comes back: the validation pass repeated every epoch (same padded, z-scored slices),
+  re-evaluation, training without augmentation. With random augmentation every training slice is new
+  and the cache only costs a hash per slice (the ViT then runs on every step).
 
 Presets: ``default`` (paper-like: 5 levels 64..1024, DINO ViT-S/16 at 224), ``hippocampus`` (4 levels
-12..96, attention branch 8..64, a small ViT at 64x64 / patch 8 that a DINO teacher folder replaces;
-a training step on 32 slices of 48x64 costs ~0.35-0.5 s on one contended CPU thread, ~0.1-0.15 s of it
-the ViT, vs ~0.53 s for SWTR-Unet's ``hippocampus_2d``), ``hippocampus_no_attention`` (the ablation)
-and ``tiny`` (tests). ``vit_input="pad"`` centres the slice in the ViT's square instead of resizing.
+12..96, attention branch 8..64, a small ViT trained at 64x64 / patch 8 that a DINO teacher folder
+replaces, maps computed at 128x128, i.e. on a 16x16 patch grid), ``hippocampus_no_attention`` (the
+ablation) and ``tiny`` (tests). ``vit_input="pad"`` centres the slice in the ViT's square instead of
+resizing.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class DIAMANTConfig(ModelConfig):
     vit_heads: int = 6
     vit_mlp_ratio: float = 4.0
     vit_input: str = "resize"  # resize: slice resized to vit_img_size^2; pad: centred zero padding
+    # ViT input side for the maps (0: vit_img_size). DINO's visualize_attention.py shows models trained
+    # at 224 on 480x480 inputs: a finer patch grid (position embeddings interpolated) resolves anatomy
+    vit_map_size: int = 0
     attention_cache: int = 0  # slices whose maps are kept (0: no cache)
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -109,6 +114,7 @@ class DIAMANTConfig(ModelConfig):
             "vit_embed_dim": 192,
             "vit_depth": 6,
             "vit_heads": 6,
+            "vit_map_size": 128,
             "attention_cache": 4096,
         },
         "hippocampus_no_attention": {
@@ -146,10 +152,20 @@ class DIAMANTConfig(ModelConfig):
             raise InputError("DIAMANTConfig: in_channels >= 1 and num_classes >= 2")
         if self.vit_input not in ("resize", "pad"):
             raise InputError(f"DIAMANTConfig: vit_input must be resize or pad, got {self.vit_input!r}")
+        if self.vit_map_size < 0 or self.vit_map_size % self.vit_patch_size:
+            raise InputError(
+                "DIAMANTConfig: vit_map_size must be 0 or a multiple of vit_patch_size, "
+                f"got {self.vit_map_size}"
+            )
         if self.vit_img_size % self.vit_patch_size or self.vit_embed_dim % self.vit_heads:
             raise InputError(
                 "DIAMANTConfig: vit_img_size must be a multiple of vit_patch_size, vit_embed_dim of vit_heads"
             )
+
+    @property
+    def map_size(self) -> int:
+        """Side of the square ViT input the attention maps are computed on."""
+        return self.vit_map_size or self.vit_img_size
 
     def vit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``hybrids.shared_blocks.vit.VisionTransformer``."""
@@ -270,7 +286,7 @@ class DIAMANT(nn.Module):
 
     def _padding(self, h: int, w: int) -> tuple[int, int, int, int] | None:
         """``F.pad`` widths centring an ``h x w`` slice in the ViT's square, or None (resize instead)."""
-        s = self.config.vit_img_size
+        s = self.config.map_size
         if self.config.vit_input != "pad" or h > s or w > s:
             return None
         top, left = (s - h) // 2, (s - w) // 2
@@ -279,8 +295,8 @@ class DIAMANT(nn.Module):
     @torch.no_grad()
     def _patch_maps(self, x: Tensor) -> Tensor:
         """``(b, C, H, W) -> (b, heads, s/p, s/p)``: DINO's patch-level maps of channel 0 (repeated to
-        ``vit_in_chans``) resized or padded to the ViT's square input ``s x s``."""
-        s, (h, w) = self.config.vit_img_size, x.shape[2:]
+        ``vit_in_chans``) resized or padded to the square ViT input ``s x s`` (``s = map_size``)."""
+        s, (h, w) = self.config.map_size, x.shape[2:]
         v = x[:, :1].float()
         pad = self._padding(h, w)
         v = (

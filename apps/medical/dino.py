@@ -39,7 +39,9 @@ never read. Constant slices are dropped.
 
 Attention maps (:func:`attention_figure`): the last block's CLS-token attention ``[:, :, 0, 1:]``, one
 map per head, reshaped to ``S/p x S/p`` and upsampled by ``p`` (nearest), as DINO's
-``visualize_attention.py``.
+``visualize_attention.py``, which also shows models trained at 224 on 480x480 inputs: the figure's slices
+are fed at ``--figure-size`` (default twice the training size; position embeddings interpolated), whose
+twice-as-fine patch grid resolves the anatomy an 8x8 grid of a 64x64 slice cannot.
 """
 
 from __future__ import annotations
@@ -752,8 +754,9 @@ class DINOCheckpoint(L.Callback):
                 module.teacher.backbone,
                 self.figure.to(module.device),
                 self.out / "attention_maps.png",
-                title=f"DINO teacher, last block CLS attention per head (epoch {record['epoch']}, "
-                f"step {record['step']}, loss {record['loss']:.3f})",
+                title=f"DINO teacher, last block CLS attention per head at {self.figure.shape[-1]}x"
+                f"{self.figure.shape[-1]} (epoch {record['epoch']}, step {record['step']}, "
+                f"loss {record['loss']:.3f})",
                 names=self.names,
             )
             module.teacher.backbone.train(was)
@@ -811,9 +814,10 @@ def pretrain(args: Any) -> dict[str, Any]:
         train_cases, prep, slice_axis=args.slice_axis, size=args.image_size, mode=args.vit_input
     )
     figure, names = torch.zeros(0), []
+    figure_size = getattr(args, "figure_size", None) or 2 * args.image_size
     if val_cases:
         val, counts = load_slices(
-            val_cases, prep, slice_axis=args.slice_axis, size=args.image_size, mode=args.vit_input
+            val_cases, prep, slice_axis=args.slice_axis, size=figure_size, mode=args.vit_input
         )
         picks = figure_slices(val, counts)
         figure = val[picks]
@@ -839,6 +843,7 @@ def pretrain(args: Any) -> dict[str, Any]:
         local_crops=args.local_crops,
         lr=lr,
         drop_path_rate=args.drop_path,
+        momentum=(args.momentum_teacher, 1.0),
         total_steps=args.epochs * args.steps_per_epoch,
         max_seconds=args.max_time * 60 if args.max_time else None,
         threads=args.threads,
@@ -852,6 +857,7 @@ def pretrain(args: Any) -> dict[str, Any]:
         "vit_input": args.vit_input,
         "slice_axis": args.slice_axis,
         "preprocessing": prep.to_dict(),
+        "attention_figure_size": figure_size,
         "attention_maps": "last block, CLS query [:, :, 0, 1:], heads x S/p x S/p, nearest-upsampled by p",
         "training": {
             "method": "DINO (Caron et al. 2021)",
@@ -871,6 +877,7 @@ def pretrain(args: Any) -> dict[str, Any]:
             "head_hidden_dim": args.head_hidden_dim,
             "head_batchnorm": args.head_bn,
             "teacher_temp": [args.warmup_teacher_temp, args.teacher_temp],
+            "momentum_teacher": [args.momentum_teacher, 1.0],
             "lr": lr,
             "max_time_minutes": args.max_time,
             "seed": args.seed,

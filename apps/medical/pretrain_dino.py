@@ -17,8 +17,8 @@ Model: ``--arch`` (``vit_small``: 384 dims, 12 blocks, 6 heads; ``vit_tiny``; ``
 ``--patch-size`` 16 or 8; ``--embed-dim``/``--depth``/``--heads`` override the shape (e.g. the
 192x6x6 encoder of DIAMANT's hippocampus preset). Recipe: DINO's (2 global crops of ``--image-size``, N
 local crops of 96/224 of it, ``--out-dim`` prototypes, teacher temperature 0.04 -> 0.07, EMA momentum
-0.996 -> 1, AdamW with weight decay 0.04 -> 0.4, ``--lr`` default DINO's 5e-4 x batch / 256); the
-schedules end at the last step or at ``--max-time`` minutes, whichever comes first.
+``--momentum-teacher`` (0.996) -> 1, AdamW with weight decay 0.04 -> 0.4, ``--lr`` default DINO's
+5e-4 x batch / 256); the schedules end at the last step or at ``--max-time`` minutes, whichever comes first.
 
 Cost on the project's CPU (1 thread, shared with other jobs; batch 32, 2 global crops of 64 + 6 local):
 ViT-S/16 3.2 s per step, ViT-S/8 9.5 s, ViT-Ti/8 3.3 s, a 192-wide 6-block 6-head ViT/8 (DIAMANT's
@@ -56,6 +56,13 @@ def add_pretrain_dino_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--cases", type=int, metavar="N", help="use the first N cases only (quick runs)")
     data.add_argument(
         "--val-cases", type=int, default=2, metavar="N", help="held-out cases for the attention figure (2)"
+    )
+    data.add_argument(
+        "--figure-size",
+        type=int,
+        metavar="S",
+        help="ViT input side for the attention figure (default: 2 x --image-size, a patch grid twice as "
+        "fine, as DINO's visualize_attention.py shows 224-trained models at 480)",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=ARCHS, default="vit_small", help="ViT size (default: vit_small)")
@@ -96,6 +103,12 @@ def add_pretrain_dino_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument(
         "--warmup-teacher-temp", type=float, default=0.04, help="teacher temperature at the start (0.04)"
     )
+    optim.add_argument(
+        "--momentum-teacher",
+        type=float,
+        default=0.996,
+        help="teacher EMA momentum at the start, cosine to 1 (0.996; short runs learn faster with 0.99)",
+    )
     optim.add_argument("--drop-path", type=float, default=0.1, help="student stochastic depth (0.1)")
     optim.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     run = parser.add_argument_group("run")
@@ -119,6 +132,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.val_cases < 0 or args.local_crops < 0:
         raise InputError("--val-cases and --local-crops must be >= 0")
+    if args.figure_size is not None and (args.figure_size < 1 or args.figure_size % args.patch_size):
+        raise InputError(f"--figure-size {args.figure_size} must be a positive multiple of --patch-size")
     if args.image_size % args.patch_size:
         raise InputError(
             f"--image-size {args.image_size} must be a multiple of --patch-size {args.patch_size}"
@@ -127,6 +142,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise InputError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
+    if not 0 <= args.momentum_teacher <= 1:
+        raise InputError(f"--momentum-teacher must be in [0, 1], got {args.momentum_teacher}")
     if not 0 <= args.drop_path < 1:
         raise InputError(f"--drop-path must be in [0, 1), got {args.drop_path}")
     if args.resume and not (Path(args.out) / RESUME_NAME).is_file():

@@ -20,8 +20,8 @@ with nnU-Net's empty rule, HD95 in mm). The table also holds:
   windows, resampling back) with ``--threads`` torch threads.
 
 Writes ``report.md`` and ``report.csv`` (one row per model) and ``cases.csv`` (per case and label);
-with ``--attention-png`` also ``attention.png``: the middle slice of the first validation case and
-the DINO attention maps (one per head) of the first model that has an attention branch.
+with ``--attention-png`` also ``attention.png``: four slices of the first two validation cases and the
+DINO attention maps (one per head, and their mean) of the first model that has an attention branch.
 """
 
 from __future__ import annotations
@@ -385,13 +385,18 @@ def write_report(
     return written
 
 
-def draw_attention_png(rows: list[ModelReport], path: Path, data: Path | None) -> Path | None:
-    """The middle slice of the first validation case and the attention maps of the first model with an
-    attention branch (``None`` when no model has one)."""
+def draw_attention_png(
+    rows: list[ModelReport], path: Path, data: Path | None, cases: int = 2, per_case: int = 2
+) -> Path | None:
+    """The DINO attention maps of the first model with an attention branch (``None`` when no model has
+    one): ``per_case`` slices (at 40 % and 60 % along the slice axis) of the first ``cases`` validation
+    cases, one row each: the slice, every head's map (as the model's attention branch reads them), the
+    mean over heads."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     import torch
 
     from hybrids.apps.medical.preprocessing import normalize_intensity, spatial_transform
@@ -404,25 +409,39 @@ def draw_attention_png(rows: list[ModelReport], path: Path, data: Path | None) -
         model = segmenter.model
         if getattr(model, "attention_encoder", None) is None or data is None:
             continue
-        name = next(iter(r.cases))
-        volume = load_volume(read_msd_dataset(data).case(name).images[0])
-        image = spatial_transform(segmenter.preprocessing)(volume.to_metatensor())
-        image = normalize_intensity(image, segmenter.preprocessing).as_tensor()  # (C, X, Y, Z)
         axis = segmenter.settings.slice_axis if segmenter.settings.slice_axis is not None else 2
-        index = image.shape[1 + axis] // 2
-        slice_ = image.select(1 + axis, index)[None].float()  # (1, C, h, w)
-        with torch.no_grad():
-            maps = model.attention_maps(slice_)[0]
-        heads = maps.shape[0]
-        fig, axes = plt.subplots(1, heads + 1, figsize=(2.2 * (heads + 1), 2.6))
-        axes[0].imshow(slice_[0, 0].T.numpy(), cmap="gray", origin="lower")
-        axes[0].set_title(f"{name}\nslice {index}", fontsize=8)
-        for h in range(heads):
-            axes[h + 1].imshow(maps[h].T.numpy(), cmap="viridis", origin="lower")
-            axes[h + 1].set_title(f"head {h + 1}", fontsize=8)
-        for ax in axes:
+        panels = []  # (label, slice (h, w), maps (heads, h, w))
+        for name in list(r.cases)[:cases]:
+            volume = load_volume(read_msd_dataset(data).case(name).images[0])
+            image = spatial_transform(segmenter.preprocessing)(volume.to_metatensor())
+            image = normalize_intensity(image, segmenter.preprocessing).as_tensor()  # (C, X, Y, Z)
+            depth = image.shape[1 + axis]
+            for index in sorted({int(round(f * (depth - 1))) for f in np.linspace(0.4, 0.6, per_case)}):
+                slice_ = image.select(1 + axis, index)[None].float()  # (1, C, h, w)
+                with torch.no_grad():
+                    maps = model.attention_maps(slice_)[0]
+                panels.append((f"{name}\nslice {index}", slice_[0, 0], maps))
+        heads = panels[0][2].shape[0]
+        fig, axes = plt.subplots(
+            len(panels), heads + 2, figsize=(1.7 * (heads + 2), 1.9 * len(panels) + 0.5), squeeze=False
+        )
+        for row, (label, slice_, maps) in enumerate(panels):
+            axes[row, 0].imshow(slice_.T.numpy(), cmap="gray", origin="lower")
+            axes[row, 0].set_title(label, fontsize=7)
+            for h in range(heads):
+                axes[row, h + 1].imshow(maps[h].T.numpy(), cmap="viridis", origin="lower")
+                axes[row, h + 1].set_title(f"head {h + 1}", fontsize=7)
+            axes[row, heads + 1].imshow(maps.mean(0).T.numpy(), cmap="viridis", origin="lower")
+            axes[row, heads + 1].set_title("mean", fontsize=7)
+        for ax in axes.flat:
             ax.axis("off")
-        fig.suptitle(f"DINO last-block CLS attention ({_label(r.folder)})", fontsize=9)
+        config = model.config
+        grid = config.map_size // config.vit_patch_size
+        fig.suptitle(
+            f"DINO last-block CLS attention ({_label(r.folder)}; ViT input {config.map_size}x"
+            f"{config.map_size}, {grid}x{grid} patches)",
+            fontsize=9,
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)

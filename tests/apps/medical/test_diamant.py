@@ -76,6 +76,21 @@ def test_attention_maps_are_dinos_on_the_resized_slice():
     torch.testing.assert_close(maps, full[:, :, 8:24, 4:28])
 
 
+def test_maps_at_a_larger_vit_input_use_a_finer_patch_grid():
+    model = _tiny(attention_cache=0, vit_map_size=64).eval()  # the ViT was built for 32x32
+    assert model.config.map_size == 64 and model.attention_encoder.pos_embed.shape[1] == 1 + 4 * 4
+    x = torch.randn(2, 1, 16, 24)
+    assert model._patch_maps(x).shape == (2, 2, 8, 8)
+    vit_in = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    expected = model.attention_encoder.attention_maps(vit_in, upsample=True)
+    expected = F.interpolate(expected, size=(16, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(model.attention_maps(x), expected)
+    assert model(x).shape == (2, 2, 16, 24)
+    model.config = model.config.replace(vit_map_size=0)  # the same ViT at its training size
+    assert model._patch_maps(x).shape == (2, 2, 4, 4)
+    assert not torch.allclose(model.attention_maps(x), expected, atol=1e-3)
+
+
 def test_cache_returns_the_same_maps_and_stays_bounded():
     model = _tiny(attention_cache=4).eval()
     x = torch.randn(3, 1, 16, 24)
@@ -113,6 +128,8 @@ def test_bad_configs_raise():
         DIAMANT(DIAMANTConfig.from_preset("tiny", attention_channels=(4,)))
     with pytest.raises(InputError, match="multiple of vit_patch_size"):
         DIAMANT(DIAMANTConfig.from_preset("tiny", vit_img_size=30))
+    with pytest.raises(InputError, match="vit_map_size must be 0 or a multiple of vit_patch_size"):
+        DIAMANT(DIAMANTConfig.from_preset("tiny", vit_map_size=60))
 
 
 def test_load_teacher_folder_takes_its_shape_and_round_trips(tmp_path):

@@ -353,8 +353,11 @@ def _tiny_cli(data, out, *extra: str) -> list[str]:
 
 def test_cli_pretrains_on_hippocampus_and_resumes(shared_data, tmp_path):
     out = tmp_path / "dino"
-    assert main(_tiny_cli(shared_data / "hippocampus", out, "--epochs", "1")) == 0
+    momentum = ("--momentum-teacher", "0.9")
+    assert main(_tiny_cli(shared_data / "hippocampus", out, "--epochs", "1", *momentum)) == 0
     info = json.loads((out / "teacher" / "config.json").read_text())
+    assert info["training"]["momentum_teacher"] == [0.9, 1.0]
+    assert info["attention_figure_size"] == 64  # twice the training size: a 8x8 patch grid, not 4x4
     assert info["config"] == {
         "img_size": 32, "patch_size": 8, "in_chans": 1, "embed_dim": 24, "depth": 2, "num_heads": 2,
         "mlp_ratio": 4.0, "qkv_bias": True,
@@ -393,5 +396,9 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "no NIfTI files" in capsys.readouterr().err
     assert main(["medical", "pretrain-dino", "--data", str(data), "--image-size", "60"]) == 2
     assert "multiple of --patch-size" in capsys.readouterr().err
+    assert main(["medical", "pretrain-dino", "--data", str(data), "--momentum-teacher", "1.5"]) == 2
+    assert "--momentum-teacher must be in [0, 1]" in capsys.readouterr().err
+    assert main(["medical", "pretrain-dino", "--data", str(data), "--figure-size", "100"]) == 2
+    assert "--figure-size 100 must be a positive multiple of --patch-size" in capsys.readouterr().err
     assert main(["medical", "pretrain-dino", "--data", str(data), "-o", str(tmp_path / "o"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
