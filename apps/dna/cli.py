@@ -85,6 +85,16 @@ def add_parser(commands: Any) -> None:
     add_variants_arguments(variants)
     variants.set_defaults(func=run_score_variants)
 
+    report = verbs.add_parser(
+        "report",
+        help="benchmark report: held-out bits per base vs Markov, GUE runs vs the CNN, long context",
+        description="Held-out bits per base of a model and of the dev-selected order-k Markov baseline, the "
+        "GUE fine-tuning runs side by side (HybriDNA vs the CNN baseline), and long-context forward time "
+        "and peak memory; writes OUT/report.md and OUT/report.json.",
+    )
+    add_report_arguments(report)
+    report.set_defaults(func=run_report)
+
 
 # -- pretrain ------------------------------------------------------------------------------------------------
 
@@ -296,6 +306,12 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         help="average the logits of each sequence and its reverse complement",
     )
     parser.add_argument(
+        "--pooling",
+        choices=("mean", "max", "mean+max"),
+        default="mean",
+        help="HybriDNA: pooling of the echo embeddings over the sequence (default: mean)",
+    )
+    parser.add_argument(
         "--rc-augment",
         action="store_true",
         help="reverse-complement half of the training sequences at random",
@@ -325,6 +341,57 @@ def run_finetune(args: argparse.Namespace) -> int:
         f"AUROC {test['auroc']:.4f}"
     )
     print(f"classifier: {Path(args.out) / 'best'}; metrics: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+# -- report --------------------------------------------------------------------------------------------------
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"token counts must be >= 1, got {text!r}")
+    return values
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", type=Path, help="HybriDNA checkpoint folder (hybrids dna pretrain)")
+    parser.add_argument("--fasta", type=Path, nargs="+", help="genomes for held-out bits per base")
+    parser.add_argument(
+        "--holdout-fraction", type=float, default=0.1, help="held-out tail of every record (default 0.1)"
+    )
+    parser.add_argument("--context", type=int, default=1024, help="tile length for the model (1024)")
+    parser.add_argument("--max-tiles", type=int, help="score at most this many evenly spaced tiles")
+    parser.add_argument(
+        "--finetune", type=Path, nargs="+", metavar="RUN", help="hybrids dna finetune output folders"
+    )
+    parser.add_argument(
+        "--published", type=Path, metavar="CSV", help="task,model,mcc,source rows reported elsewhere"
+    )
+    parser.add_argument(
+        "--long-context", type=_lengths, metavar="L1,L2,...", help="time one forward pass at these lengths"
+    )
+    parser.add_argument(
+        "--preset", default="small", choices=LM_PRESETS[:2], help="model for --long-context without -m"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; long context: 1)")
+    parser.add_argument("-o", "--out", type=Path, default=Path("dna_report"), help="output folder")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from hybrids.apps.dna.report import report
+
+    if not 0 < args.holdout_fraction < 1:
+        raise InputError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
+    for flag in ("context", "max_tiles", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    report(args)
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 

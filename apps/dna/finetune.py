@@ -9,10 +9,11 @@ train, is evaluated on dev after every validation interval, and the weights with
 
 HybriDNA (``--model hybridna``, weights from ``--init`` = a ``hybrids dna pretrain`` folder, or a random
 ``--preset``): echo embedding, i.e. the backbone reads ``<bos> x x`` and the hidden states of the
-second copy of ``x`` (which has seen all of ``x``) are mean-pooled; a linear head gives the class
-logits. ``--rc-average`` averages the logits of the sequence and of its reverse complement (both for
-training and evaluation). The CNN baseline (``--model cnn``, ``hybrids.apps.dna.cnn_baseline``) goes
-through the same loop. Metrics: MCC, macro F1, AUROC (binary: of class 1; else one-vs-rest macro).
+second copy of ``x`` (which has seen all of ``x``) are mean-pooled (``--pooling max`` / ``mean+max``
+are options); a linear head gives the class logits. ``--rc-average`` averages the logits of the sequence
+and of its reverse complement (both for training and evaluation). The CNN baseline (``--model cnn``,
+``hybrids.apps.dna.cnn_baseline``) goes through the same loop. Metrics: MCC, macro F1, AUROC (binary:
+of class 1; else one-vs-rest macro).
 
 Output (``-o OUT``): ``OUT/best/`` (``model.safetensors`` + ``config.json``: the classifier's kind,
 backbone config, tokenizer, classes, recipe and metrics), ``OUT/metrics.json`` (best dev and test
@@ -83,27 +84,49 @@ def echo_embeddings(backbone: nn.Module, tokens: Tensor) -> Tensor:
     return hidden.gather(1, second.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
+POOLINGS = ("mean", "max", "mean+max")
+
+
 class HybriDNAClassifier(nn.Module):
     """Echo-embedding classifier: ``forward(tokens (b, l)) -> logits (b, num_classes)``.
 
-    ``tokens``: bases only (no ``<bos>``), right-padded with ``<pad>``.
+    ``tokens``: bases only (no ``<bos>``), right-padded with ``<pad>``. ``pooling`` over the second copy's
+    valid positions: ``"mean"`` (the echo-embedding paper's and the default), ``"max"`` (per channel) or
+    ``"mean+max"`` (both, concatenated: the head reads ``2 d_model`` features, as the CNN baseline).
     """
 
     def __init__(
-        self, backbone: nn.Module, num_classes: int, *, rc_average: bool = False, dropout: float = 0.1
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        rc_average: bool = False,
+        dropout: float = 0.1,
+        pooling: str = "mean",
     ):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.rc_average = bool(rc_average)
+        self.pooling = pooling
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.d_model, self.num_classes)
+        width = backbone.config.d_model * (2 if pooling == "mean+max" else 1)
+        self.head = nn.Linear(width, self.num_classes)
 
     def pooled(self, tokens: Tensor) -> Tensor:
-        """Mean of the second copy's hidden states over the valid positions: ``(b, d_model)``."""
+        """The second copy's hidden states pooled over the valid positions: ``(b, d_model)`` (mean or
+        max) or ``(b, 2 d_model)`` (mean+max)."""
         h = echo_embeddings(self.backbone, tokens)
-        mask = (tokens != PAD_ID).unsqueeze(-1).to(h.dtype)
-        return (h * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        valid = (tokens != PAD_ID).unsqueeze(-1)
+        parts = []
+        if self.pooling in ("mean", "mean+max"):
+            mask = valid.to(h.dtype)
+            parts.append((h * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+        if self.pooling in ("max", "mean+max"):
+            parts.append(h.masked_fill(~valid, float("-inf")).amax(1).clamp_min(torch.finfo(h.dtype).min))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, tokens: Tensor) -> Tensor:
         logits = self.head(self.drop(self.pooled(tokens)))
@@ -169,13 +192,15 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> tuple[nn.Mod
         backbone = HybriDNA(cfg)
         source = f"random {args.preset or 'tiny'}"
         logger.warning("no --init: fine-tuning a randomly initialised HybriDNA (%s)", source)
-    model = HybriDNAClassifier(backbone, num_classes, rc_average=args.rc_average)
+    pooling = getattr(args, "pooling", "mean")
+    model = HybriDNAClassifier(backbone, num_classes, rc_average=args.rc_average, pooling=pooling)
     return model, {
         "kind": "hybridna",
         "config": backbone.config.to_dict(),
         "init": source,
         "rc_average": args.rc_average,
         "echo": True,
+        "pooling": pooling,
     }
 
 
@@ -245,7 +270,12 @@ def load_classifier(directory: str | Path) -> nn.Module:
         from hybrids.apps.dna.hybridna import HybriDNA, HybriDNAConfig
 
         backbone = HybriDNA(HybriDNAConfig.from_dict(info["config"]))
-        model = HybriDNAClassifier(backbone, info["num_classes"], rc_average=info.get("rc_average", False))
+        model = HybriDNAClassifier(
+            backbone,
+            info["num_classes"],
+            rc_average=info.get("rc_average", False),
+            pooling=info.get("pooling", "mean"),
+        )
     else:
         raise InputError(f"{directory}/config.json: unknown classifier kind {info.get('kind')!r}")
     load_into(model, load_safetensors(directory / "model.safetensors"), directory / "model.safetensors")
@@ -366,6 +396,7 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "weight_decay": args.weight_decay,
         "rc_average": args.rc_average,
         "rc_augment": args.rc_augment,
+        "pooling": getattr(args, "pooling", "mean") if args.model == "hybridna" else None,
         "train_sequences": len(train_set),
         "seed": args.seed,
         "max_time_minutes": args.max_time,

@@ -61,11 +61,14 @@ def test_echo_inputs_layout():
     assert second[0].tolist() == [4, 5, 6] and second[1, 0] == 2
 
 
-@pytest.mark.parametrize("rc_average", [False, True])
-def test_classifier_padding_and_strand(rc_average):
+@pytest.mark.parametrize(
+    "rc_average, pooling", [(False, "mean"), (True, "mean"), (False, "max"), (True, "mean+max")]
+)
+def test_classifier_padding_and_strand(rc_average, pooling):
     torch.manual_seed(0)
     backbone = create_model("dna/hybridna", preset="tiny")
-    model = HybriDNAClassifier(backbone, 3, rc_average=rc_average).eval()
+    model = HybriDNAClassifier(backbone, 3, rc_average=rc_average, pooling=pooling).eval()
+    assert model.head.in_features == backbone.config.d_model * (2 if pooling == "mean+max" else 1)
     batch = padded("ACGTTGCA" * 3, "GATTACA")
     with torch.no_grad():
         logits = model(batch)
@@ -108,6 +111,8 @@ def test_finetune_hybridna_end_to_end(shared_data, tmp_path, capsys):
         "--init",
         str(tmp_path / "lm"),
         "--rc-average",
+        "--pooling",
+        "mean+max",
         "--epochs",
         "2",
         "--max-train",
@@ -126,6 +131,7 @@ def test_finetune_hybridna_end_to_end(shared_data, tmp_path, capsys):
     assert "test MCC" in line
     result = json.loads((out / "metrics.json").read_text())
     assert result["model"] == "hybridna" and result["recipe"]["rc_average"] is True
+    assert result["recipe"]["pooling"] == "mean+max"
     assert [h["step"] for h in result["history"]] == [6, 12]
     best = max(result["history"], key=lambda h: (h["dev_mcc"], -h["dev_loss"]))
     assert result["selected"]["step"] == best["step"]  # selected on dev, not test
