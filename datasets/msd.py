@@ -31,6 +31,7 @@ __all__ = ["MSDError", "MSDCase", "MSDDataset", "read_msd_dataset", "kfold_split
 
 DATASET_JSON = "dataset.json"
 NNUNET_SEED = 12345
+NNUNET_SPLIT = f"nnU-Net KFold(shuffle=True, random_state={NNUNET_SEED}) over sorted case names"
 
 
 class MSDError(ValueError):

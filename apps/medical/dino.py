@@ -791,6 +791,7 @@ def pretrain(args: Any) -> dict[str, Any]:
     from lightning.pytorch.loggers import CSVLogger
 
     from hybrids.apps.medical.pretrain_dino import RESUME_NAME, check_args
+    from hybrids.datasets.msd import NNUNET_SPLIT
 
     check_args(args)
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -807,8 +808,20 @@ def pretrain(args: Any) -> dict[str, Any]:
     if len(cases) <= args.val_cases:
         raise InputError(f"{args.data}: {len(cases)} case(s), need more than --val-cases {args.val_cases}")
     prep = default_dino_preprocessing(args.data, cases, dataset)
-    train_cases = cases[: len(cases) - args.val_cases]
-    val_cases = cases[len(cases) - args.val_cases :]
+    fold = getattr(args, "fold", None)
+    if fold is None:
+        train_cases = cases[: len(cases) - args.val_cases]
+        val_cases = cases[len(cases) - args.val_cases :]
+    else:  # only the fold's training cases; the figure from its validation cases
+        from hybrids.datasets.msd import MSDError, kfold_split
+
+        try:
+            train_names, valid_names = kfold_split([name for name, _ in cases], fold, args.folds)
+        except MSDError as exc:
+            raise InputError(f"{args.data}: {exc}") from None
+        train_cases = [c for c in cases if c[0] in set(train_names)]
+        valid = [c for c in cases if c[0] in set(valid_names)]
+        val_cases = valid[len(valid) - min(args.val_cases, len(valid)) :]
     started = time.monotonic()
     slices, _ = load_slices(
         train_cases, prep, slice_axis=args.slice_axis, size=args.image_size, mode=args.vit_input
@@ -866,6 +879,7 @@ def pretrain(args: Any) -> dict[str, Any]:
             "dataset_licence": getattr(dataset, "licence", None),
             "cases": len(train_cases),
             "held_out_cases": [name for name, _ in val_cases],
+            "fold": None if fold is None else {"fold": fold, "folds": args.folds, "split": NNUNET_SPLIT},
             "slices": int(slices.shape[0]),
             "epochs": args.epochs,
             "steps_per_epoch": args.steps_per_epoch,

@@ -58,6 +58,15 @@ def add_pretrain_dino_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-cases", type=int, default=2, metavar="N", help="held-out cases for the attention figure (2)"
     )
     data.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="pretrain on fold K's training cases only (nnU-Net's split, as `hybrids medical train "
+        "--fold K`), so the validation images stay unseen; the figure shows the last --val-cases of its "
+        "validation cases (default: every case but the last --val-cases)",
+    )
+    data.add_argument("--folds", type=int, default=5, help="folds of the split (default: 5)")
+    data.add_argument(
         "--figure-size",
         type=int,
         metavar="S",
@@ -130,6 +139,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.fold is not None and not 0 <= args.fold < args.folds:
+        raise InputError(f"--fold must be in 0..{args.folds - 1}, got {args.fold}")
     if args.val_cases < 0 or args.local_crops < 0:
         raise InputError("--val-cases and --local-crops must be >= 0")
     if args.figure_size is not None and (args.figure_size < 1 or args.figure_size % args.patch_size):

@@ -29,7 +29,15 @@ from hybrids.apps.core.lightning_hooks import ThreadsHooks, TrainingClock
 from hybrids.apps.medical.preprocessing import Preprocessing, normalize_intensity, spatial_transforms_dict
 from hybrids.apps.medical.train import HISTORY_NAME, RESUME_NAME, check_args
 from hybrids.datasets.medical import MedicalImageError, load_label_volume, load_volume, read_nifti_geometry
-from hybrids.datasets.msd import MSDCase, MSDDataset, MSDError, kfold_split, names_digest, read_msd_dataset
+from hybrids.datasets.msd import (
+    NNUNET_SPLIT,
+    MSDCase,
+    MSDDataset,
+    MSDError,
+    kfold_split,
+    names_digest,
+    read_msd_dataset,
+)
 
 logger = logging.getLogger("hybrids.medical.train")
 
@@ -755,7 +763,7 @@ def train(args: argparse.Namespace) -> TrainResult:
             "dataset_reference": dataset.reference,
             "fold": args.fold,
             "folds": args.folds,
-            "split": "nnU-Net KFold(shuffle=True, random_state=12345) over sorted case names",
+            "split": NNUNET_SPLIT,
             "train_cases": len(train_names),
             "validation_cases": scored_names,
             "fold_validation_cases": len(valid_names),

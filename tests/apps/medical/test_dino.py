@@ -379,6 +379,20 @@ def test_cli_pretrains_on_hippocampus_and_resumes(shared_data, tmp_path):
     assert not torch.equal(resumed.cls_token, teacher.cls_token)
 
 
+def test_cli_fold_keeps_the_validation_cases_unseen(shared_data, tmp_path):
+    from hybrids.datasets.msd import kfold_split
+
+    out = tmp_path / "dino"
+    extra = ("--cases", "10", "--fold", "1", "--val-cases", "1", "--epochs", "1")
+    assert main(_tiny_cli(shared_data / "hippocampus", out, *extra)) == 0
+    training = json.loads((out / "teacher" / "config.json").read_text())["training"]
+    names, _ = D.find_images(shared_data / "hippocampus")
+    train, valid = kfold_split([n for n, _ in names[:10]], 1, 5)
+    assert training["cases"] == len(train) == 8
+    assert training["held_out_cases"] == valid[-1:]
+    assert training["fold"]["fold"] == 1 and training["fold"]["folds"] == 5
+
+
 def test_cli_teacher_is_readable_by_diamant(shared_data, tmp_path):
     diamant = pytest.importorskip("hybrids.apps.medical.diamant")
     out = tmp_path / "dino"
@@ -400,5 +414,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "--momentum-teacher must be in [0, 1]" in capsys.readouterr().err
     assert main(["medical", "pretrain-dino", "--data", str(data), "--figure-size", "100"]) == 2
     assert "--figure-size 100 must be a positive multiple of --patch-size" in capsys.readouterr().err
+    assert main(["medical", "pretrain-dino", "--data", str(data), "--fold", "5"]) == 2
+    assert "--fold must be in 0..4" in capsys.readouterr().err
     assert main(["medical", "pretrain-dino", "--data", str(data), "-o", str(tmp_path / "o"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
