@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -163,7 +162,7 @@ def read_published(path: Path) -> list[dict[str, Any]]:
 
 # -- 3. long context -----------------------------------------------------------------------------------------
 _FORWARD = """
-import json, sys, time, torch
+import json, resource, sys, time, torch
 from hybrids.apps.core.registry import create_model
 from hybrids.apps.dna.finetune import load_lm
 torch.set_num_threads({threads})
@@ -175,7 +174,8 @@ tokens = torch.randint(5, 9, (1, {length}))
 with torch.inference_mode():
     t = time.perf_counter()
     model(tokens)
-    print(json.dumps({{"seconds": time.perf_counter() - t}}))
+    seconds = time.perf_counter() - t
+print(json.dumps({{"seconds": seconds, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
 
 
@@ -188,20 +188,18 @@ def long_context(
         code = _FORWARD.format(
             threads=int(threads), checkpoint=str(checkpoint or ""), preset=preset, length=int(length)
         )
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise InputError(f"long-context forward of {length} tokens failed: {last}")
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        seconds = measured["seconds"]
         rows.append(
             {
                 "tokens": int(length),
-                "seconds": round(seconds, 2),
+                "seconds": round(seconds, 4),
                 "tokens_per_second": round(length / seconds),
-                # ru_maxrss of the children is a running maximum: lengths go up, so it is this run's
-                "peak_rss_mib": round(max(peak_kib, before) / 1024),
+                "peak_rss_mib": round(measured["peak_kib"] / 1024),  # the subprocess's own ru_maxrss
                 "threads": int(threads),
             }
         )
