@@ -29,14 +29,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from hybrids.apps.core.errors import InputError
 
@@ -62,7 +59,7 @@ def language_modelling(
     from hybrids.apps.dna.finetune import load_lm
     from hybrids.apps.dna.markov import MarkovModel, NgramCounts, select_order
     from hybrids.apps.dna.pretrain import load_genomes
-    from hybrids.apps.dna.training import ValidationTiles, lm_token_losses
+    from hybrids.apps.dna.training import LN2, ValidationTiles, lm_token_losses
     from hybrids.datasets.dna import DNATokenizer, split_holdout
 
     model = load_lm(checkpoint).eval()
@@ -79,7 +76,7 @@ def language_modelling(
     if not scored:
         raise InputError(f"{', '.join(map(str, fasta))}: no held-out A/C/G/T base to score")
     ours = {
-        "bits_per_base": total / scored / math.log(2),
+        "bits_per_base": total / scored / LN2,
         "tiles": len(tiles),
         "tile_bases": tiles.length,
         "scored_bases": int(scored),
@@ -324,12 +321,6 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     text = _markdown(result)
     atomic_write_text(out / "report.md", text + "\n")
-    atomic_write_text(out / "report.json", json.dumps(result, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
     print(text)
     return result
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer | np.floating):
-        return value.item()
-    return str(value)

@@ -808,7 +808,7 @@ def pretrain(args: Any) -> dict[str, Any]:
     if len(cases) <= args.val_cases:
         raise InputError(f"{args.data}: {len(cases)} case(s), need more than --val-cases {args.val_cases}")
     prep = default_dino_preprocessing(args.data, cases, dataset)
-    fold = getattr(args, "fold", None)
+    fold = args.fold
     if fold is None:
         train_cases = cases[: len(cases) - args.val_cases]
         val_cases = cases[len(cases) - args.val_cases :]
@@ -827,7 +827,7 @@ def pretrain(args: Any) -> dict[str, Any]:
         train_cases, prep, slice_axis=args.slice_axis, size=args.image_size, mode=args.vit_input
     )
     figure, names = torch.zeros(0), []
-    figure_size = getattr(args, "figure_size", None) or 2 * args.image_size
+    figure_size = args.figure_size or 2 * args.image_size
     if val_cases:
         val, counts = load_slices(
             val_cases, prep, slice_axis=args.slice_axis, size=figure_size, mode=args.vit_input

@@ -410,9 +410,10 @@ def draw_attention_png(
         if getattr(model, "attention_encoder", None) is None or data is None:
             continue
         axis = segmenter.settings.slice_axis if segmenter.settings.slice_axis is not None else 2
+        dataset = read_msd_dataset(data)
         panels = []  # (label, slice (h, w), maps (heads, h, w))
         for name in list(r.cases)[:cases]:
-            volume = load_volume(read_msd_dataset(data).case(name).images[0])
+            volume = load_volume(dataset.case(name).images[0])
             image = spatial_transform(segmenter.preprocessing)(volume.to_metatensor())
             image = normalize_intensity(image, segmenter.preprocessing).as_tensor()  # (C, X, Y, Z)
             depth = image.shape[1 + axis]
