@@ -57,7 +57,7 @@ def language_modelling(
     import torch
 
     from hybrids.apps.dna.finetune import load_lm
-    from hybrids.apps.dna.markov import MarkovModel, NgramCounts, select_order
+    from hybrids.apps.dna.markov import MarkovModel, select_order
     from hybrids.apps.dna.pretrain import load_genomes
     from hybrids.apps.dna.training import LN2, ValidationTiles, lm_token_losses
     from hybrids.datasets.dna import DNATokenizer, split_holdout
@@ -85,9 +85,9 @@ def language_modelling(
     }
     started = time.perf_counter()
     fit, dev = [], []
-    for part in train:
+    for part in train:  # dev = the last 10 % of each record's training part, counts from the rest
         try:
-            split = split_holdout(part, 0.1, 0.5)
+            split = split_holdout(part, fraction=0.1)
         except ValueError:
             fit.append(part)
             continue
@@ -96,7 +96,7 @@ def language_modelling(
     if not dev:
         raise InputError("the training part is too short for a Markov dev slice")
     order, dev_bpb = select_order(fit, dev, orders)
-    markov = MarkovModel.from_counts(NgramCounts(MarkovModel._sequences(train), order), order)
+    markov = MarkovModel(order).fit(train)  # refit on the whole training part
     baseline = {
         "order": order,
         "dev_bits_per_base": dev_bpb,

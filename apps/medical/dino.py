@@ -819,8 +819,9 @@ def pretrain(args: Any) -> dict[str, Any]:
             train_names, valid_names = kfold_split([name for name, _ in cases], fold, args.folds)
         except MSDError as exc:
             raise InputError(f"{args.data}: {exc}") from None
-        train_cases = [c for c in cases if c[0] in set(train_names)]
-        valid = [c for c in cases if c[0] in set(valid_names)]
+        train_names, valid_names = set(train_names), set(valid_names)
+        train_cases = [c for c in cases if c[0] in train_names]
+        valid = [c for c in cases if c[0] in valid_names]
         val_cases = valid[len(valid) - min(args.val_cases, len(valid)) :]
     started = time.monotonic()
     slices, _ = load_slices(
