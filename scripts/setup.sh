@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
-# Set up everything hybrids needs for development and CI on a fresh Debian machine:
-#   system packages (ffmpeg), a virtual environment in .venv, the CPU build of torch,
-#   and hybrids in editable mode with its dev extras.
-# Environment overrides: PYTHON (default python3), VENV (default .venv),
-#   TORCH_SPEC (default torch==2.13.0; e.g. a CUDA build on a GPU machine).
+# Set up hybrids for development and CI on a fresh Debian machine: system packages (ffmpeg), a
+# virtual environment in .venv holding exactly the versions in requirements.lock (every file
+# checked against its sha256; torch's CPU build included), and hybrids itself in editable mode.
+#
+#   bash scripts/setup.sh             install from the lock (what CI runs)
+#   bash scripts/setup.sh --upgrade   resolve the newest versions pyproject.toml allows, rewrite
+#                                     requirements.lock, install it; then run the tests and commit
+#
+# Environment overrides:
+#   PYTHON       interpreter for the venv (default python3)
+#   VENV         where the venv goes (default .venv)
+#   TORCH_INDEX  an extra pip index holding torch==2.13.0+cpu, for machines without a local copy
+#                of that wheel (e.g. https://download.pytorch.org/whl/cpu)
+#   TORCH_SPEC   install this torch instead of the locked CPU build (e.g. a CUDA build on a GPU
+#                machine); every other package still comes from the lock
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+LOCK=requirements.lock
+UV_VERSION=0.13.10  # the resolver used by --upgrade (a dev tool; never imported)
+
+upgrade=0
+case "${1:-}" in
+    "") ;;
+    --upgrade) upgrade=1 ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option $1 (use --upgrade or --help)" >&2; exit 2 ;;
+esac
 
 # ffmpeg: decoding compressed audio (MUSDB .stem.mp4, mp3 output); museval's stempeg needs it.
 if ! command -v ffmpeg >/dev/null 2>&1; then
@@ -26,8 +45,40 @@ fi
 
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip "setuptools>=77" wheel
-# torch first and pinned: an unpinned torch pulled in by a dependency would be a multi-GB CUDA build.
-"${PIP[@]}" install -q "$TORCH_SPEC"
-"${PIP[@]}" install -q -e ".[dev]"
+INDEX_ARGS=()
+[ -z "${TORCH_INDEX:-}" ] || INDEX_ARGS=(--extra-index-url "$TORCH_INDEX")
+
+if [ "$upgrade" -eq 1 ]; then
+    "${PIP[@]}" install -q "uv==$UV_VERSION"
+    FIND_LINKS=()
+    # This machine's pip finds torch's CPU wheel through its find-links folder; uv must be told.
+    for folder in $("${PIP[@]}" config get global.find-links 2>/dev/null || true); do
+        [ -d "$folder" ] && FIND_LINKS+=(--find-links "$folder")
+    done
+    [ -z "${TORCH_INDEX:-}" ] || FIND_LINKS+=(--extra-index-url "$TORCH_INDEX" --index-strategy unsafe-best-match)
+    "$VENV/bin/uv" pip compile pyproject.toml --extra dev scripts/setup-tools.in \
+        --override scripts/torch-override.txt --upgrade --generate-hashes \
+        --python-version 3.11 --python-platform x86_64-manylinux_2_28 "${FIND_LINKS[@]}" \
+        --custom-compile-command "bash scripts/setup.sh --upgrade" -o "$LOCK"
+    echo "setup: rewrote $LOCK; run the tests, then commit it"
+fi
+
+# The lock holds pip, setuptools and wheel too: install them first (hash-checked), so that the
+# editable build below uses the locked setuptools rather than whatever is newest today.
+if [ -n "${TORCH_SPEC:-}" ]; then
+    # Drop the locked torch (its line and its hash lines) and install the requested build instead.
+    locked=$(mktemp)
+    trap 'rm -f "$locked"' EXIT
+    awk '/^torch==/ {skip=1; next} skip && /^[[:space:]]/ {next} {skip=0; print}' "$LOCK" > "$locked"
+    "${PIP[@]}" install -q "${INDEX_ARGS[@]}" "$TORCH_SPEC"
+else
+    locked=$LOCK
+fi
+"${PIP[@]}" install -q --require-hashes --no-deps "${INDEX_ARGS[@]}" -r "$locked"
+"${PIP[@]}" check
+# The locked setuptools builds the editable install; its many layout warnings are shown only on failure.
+if ! build_log=$("${PIP[@]}" install -q --no-deps --no-build-isolation -e . 2>&1); then
+    echo "$build_log" >&2
+    exit 1
+fi
 "$VENV/bin/python" -c "import torch, hybrids.apps; print('setup: hybrids', hybrids.apps.__version__, 'with torch', torch.__version__)"

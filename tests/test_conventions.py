@@ -93,7 +93,7 @@ def test_kernels_import_only_torch_and_lazily_accelerators():
 
 
 def test_shared_blocks_depend_only_on_kernels_and_torch():
-    allowed_third_party = {"torch", "einops", "__future__"}
+    allowed_third_party = {"torch", "__future__"}
     for path in _modules("shared_blocks"):
         for name in _imports(path):
             top = _third_party(name)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ result = {{}}
 for bare in {BARE_NAMES!r}:
     try:
         module = importlib.import_module(bare)
-        result[bare] = getattr(module, "__file__", None) or str(getattr(module, "__path__", ""))
+        result[bare] = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), None)
     except ModuleNotFoundError:
         result[bare] = None
 import hybrids.apps, hybrids.shared_blocks, hybrids.kernels, hybrids.datasets, hybrids.evaluation
@@ -70,17 +71,54 @@ def test_every_package_folder_is_listed_and_mapped():
     assert all(name.startswith("hybrids.") for name in listed)
 
 
-def _check_imports(python: str, cwd: Path) -> dict:
-    result = subprocess.run([python, "-c", IMPORT_CHECK], cwd=cwd, capture_output=True, text=True, check=True)
+def _check_imports(python: str, cwd: Path, extra_path: Path | None = None) -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if extra_path is not None:
+        env["PYTHONPATH"] = str(extra_path)
+    result = subprocess.run(
+        [python, "-c", IMPORT_CHECK], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
     import json
 
     return json.loads(result.stdout)
 
 
+def _is_ours(where: str | None, repo: Path) -> bool:
+    """Whether a module file (or package path) lies inside one of our five source folders.
+
+    Decided from the folders' real paths, not from "somewhere under the checkout": a virtual
+    environment inside the checkout may hold third-party ``kernels``/``datasets``/``evaluation``
+    packages, which are not ours.
+    """
+    if not where:
+        return False
+    path = Path(where).resolve()
+    return any(path.is_relative_to((repo / folder).resolve()) for folder in SOURCE_FOLDERS)
+
+
 def _assert_not_ours(found: dict, repo: Path) -> None:
     for bare in BARE_NAMES:
         where = found[bare]
-        assert where is None or str(repo) not in where, f"`import {bare}` resolved to our folder: {where}"
+        assert not _is_ours(where, repo), f"`import {bare}` resolved to our folder: {where}"
+
+
+def test_ours_is_decided_by_our_source_folders():
+    # A third-party `kernels` in a venv inside the checkout (transformers >= 5.25 installs one) is
+    # not ours; our own folder, as a module file or as a namespace package's path, is.
+    venv_kernels = REPO_ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "kernels" / "__init__.py"
+    assert not _is_ours(str(venv_kernels), REPO_ROOT)
+    assert _is_ours(str(REPO_ROOT / "kernels" / "__init__.py"), REPO_ROOT)
+    assert _is_ours(str(REPO_ROOT / "datasets"), REPO_ROOT)
+    assert not _is_ours(None, REPO_ROOT)
+
+
+def test_a_real_leak_of_our_folders_is_caught(tmp_path):
+    # With the checkout on sys.path (what `python -m pytest` from the root would do), `import
+    # kernels` finds our folder: the check must fail there, or it could never fail at all.
+    leaked = _check_imports(sys.executable, tmp_path, extra_path=REPO_ROOT)
+    with pytest.raises(AssertionError, match="resolved to our folder"):
+        _assert_not_ours(leaked, REPO_ROOT)
 
 
 def test_editable_install_does_not_shadow_bare_names(tmp_path):

@@ -159,7 +159,10 @@ def test_6s_package_with_its_own_config_loads_by_name_and_separates_like_the_pac
     assert isinstance(model, HTDemucs) and model.config == TINY_6S
     mix = torch.randn(1, 2, TINY_6S.segment_length)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(mix), reference(mix), rtol=1e-5, atol=1e-6)
+        expected = reference(mix)
+        # float32 roundoff of two code paths differs by CPU (AVX2 vs AVX-512 kernels): relative to peak
+        peak = expected.abs().max().item()
+        torch.testing.assert_close(model.eval()(mix), expected, rtol=0, atol=1e-5 * peak)
     # Separator and the CLI take the same route
     wav, _ = soundfile.read(str(wav_file), dtype="float32")
     wav = torch.from_numpy(wav.T.copy())

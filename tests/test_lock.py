@@ -1,0 +1,127 @@
+"""The lock file (``requirements.lock``) and ``pyproject.toml`` agree, and every dependency is used.
+
+``scripts/setup.sh`` installs exactly the lock (hash-checked), so that the README's two commands
+give the same environment next month as today; ``pyproject.toml`` keeps ranges for users. A
+dependency added to one and not the other, or locked at a version its range excludes, fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCK = REPO_ROOT / "requirements.lock"
+DIRECT = "hybrids (pyproject.toml)"  # how the resolver marks a requirement of ours
+SOURCE_FOLDERS = ("apps", "shared_blocks", "kernels", "datasets", "evaluation")
+
+# Where a distribution's import name differs from its name on PyPI.
+IMPORT_NAMES = {"biopython": "Bio", "pyyaml": "yaml"}
+# Dev tools used as programs or by pytest itself, never imported by our code.
+TOOLS = {"pytest", "ruff"}
+
+
+def parse_lock(text: str) -> dict[str, tuple[str, set[str]]]:
+    """``{canonical name: (version, {what requires it})}`` from a pip-compile/uv requirements file."""
+    locked: dict[str, tuple[str, set[str]]] = {}
+    current = None
+    via_block = False
+    for line in text.splitlines():
+        pin = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", line)
+        if pin:
+            current = canonicalize_name(pin.group(1))
+            locked[current] = (pin.group(2), set())
+            via_block = False
+            continue
+        if current is None:
+            continue
+        comment = line.strip()
+        if comment.startswith("# via"):
+            rest = comment[len("# via") :].strip()
+            via_block = not rest
+            if rest:
+                locked[current][1].add(rest)
+        elif via_block and comment.startswith("#   "):
+            locked[current][1].add(comment[4:].strip())
+        elif not comment.startswith("--hash"):
+            via_block = False
+    return locked
+
+
+def declared() -> list[Requirement]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+
+
+def check(locked: dict[str, tuple[str, set[str]]], requirements: list[Requirement]) -> list[str]:
+    """Disagreements between the lock and the declared requirements (empty when they agree)."""
+    problems = []
+    wanted = {canonicalize_name(r.name): r for r in requirements}
+    for name, requirement in wanted.items():
+        if name not in locked:
+            problems.append(f"{name} is in pyproject.toml but not in the lock")
+            continue
+        version, via = locked[name]
+        if DIRECT not in via:
+            problems.append(f"{name} is in pyproject.toml but the lock was not compiled from it")
+        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"{name}=={version} in the lock is outside pyproject's {requirement.specifier}")
+    for name, (_, via) in locked.items():
+        if DIRECT in via and name not in wanted:
+            problems.append(f"{name} is locked as ours but pyproject.toml no longer asks for it")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def locked() -> dict[str, tuple[str, set[str]]]:
+    return parse_lock(LOCK.read_text())
+
+
+def test_lock_and_pyproject_agree(locked):
+    assert check(locked, declared()) == []
+
+
+def test_lock_pins_every_package_with_hashes(locked):
+    text = LOCK.read_text()
+    assert locked["torch"][0] == "2.13.0+cpu"  # never the multi-GB CUDA build
+    for name in ("pip", "setuptools", "wheel"):  # the editable build uses the locked tools
+        assert name in locked
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+
+
+def test_the_check_catches_a_dependency_added_to_either_side(locked):
+    requirements = declared()
+    assert check(locked, [*requirements, Requirement("einops>=0.8")])  # locked, but not as ours
+    assert check(locked, [*requirements, Requirement("notapackage>=1")])  # not locked at all
+    assert check(locked, [r for r in requirements if r.name != "numpy"])  # locked as ours, undeclared
+    too_new = [Requirement("numpy>=99") if r.name == "numpy" else r for r in requirements]
+    assert check(locked, too_new)  # locked version outside the range
+
+
+def _imported_top_level_names() -> set[str]:
+    names = set()
+    paths = [p for folder in (*SOURCE_FOLDERS, "tests") for p in (REPO_ROOT / folder).rglob("*.py")]
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_declared_dependency_is_imported_somewhere():
+    imported = _imported_top_level_names()
+    for requirement in declared():
+        name = canonicalize_name(requirement.name)
+        if name in TOOLS:
+            continue
+        module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+        assert module in imported, f"{requirement.name} is declared but nothing imports {module}"
