@@ -76,17 +76,87 @@ __all__ = [
 SOURCES_4 = ("drums", "bass", "other", "vocals")
 SOURCES_6 = ("drums", "bass", "other", "vocals", "guitar", "piano")
 
-# demucs HTDemucs kwargs we do not implement, with the (inert) values the released models use.
-_UNSUPPORTED_DEMUCS_KWARGS: dict[str, Any] = {
+# demucs 4.1.0 ``HTDemucs.__init__``'s defaults (every keyword but the required ``sources``): what a
+# kwarg omitted from ``HTDemucs(**kwargs)`` (e.g. a ``.th`` package's ``kwargs``) takes. They are not
+# the released recipe (``HTDemucsConfig``'s defaults): e.g. dconv_mode=1, bottom_channels=0, segment=10.
+_DEMUCS_DEFAULTS: dict[str, Any] = {
+    "audio_channels": 2,
+    "channels": 48,
+    "channels_time": None,
+    "growth": 2,
+    "nfft": 4096,
     "wiener_iters": 0,
     "end_iters": 0,
     "wiener_residual": False,
+    "cac": True,
+    "depth": 4,
+    "rewrite": True,
     "multi_freqs": None,
+    "multi_freqs_depth": 3,
+    "freq_emb": 0.2,
+    "emb_scale": 10,
+    "emb_smooth": True,
+    "kernel_size": 8,
+    "time_stride": 2,
+    "stride": 4,
+    "context": 1,
+    "context_enc": 0,
+    "norm_starts": 4,
+    "norm_groups": 4,
+    "dconv_mode": 1,
+    "dconv_depth": 2,
+    "dconv_comp": 8,
+    "dconv_init": 1e-3,
+    "bottom_channels": 0,
+    "t_layers": 5,
     "t_emb": "sin",
+    "t_hidden_scale": 4.0,
+    "t_heads": 8,
+    "t_dropout": 0.0,
+    "t_max_positions": 10000,
+    "t_norm_in": True,
+    "t_norm_in_group": False,
+    "t_group_norm": False,
+    "t_norm_first": True,
+    "t_norm_out": True,
+    "t_max_period": 10000.0,
+    "t_weight_decay": 0.0,
+    "t_lr": None,
+    "t_layer_scale": True,
+    "t_gelu": True,
+    "t_weight_pos_embed": 1.0,
     "t_sin_random_shift": 0,
+    "t_cape_mean_normalize": True,
+    "t_cape_augment": True,
+    "t_cape_glob_loc_scale": (5000.0, 1.0, 1.4),
     "t_sparse_self_attn": False,
     "t_sparse_cross_attn": False,
+    "t_mask_type": "diag",
+    "t_mask_random_seed": 42,
+    "t_sparse_attn_window": 500,
+    "t_global_window": 100,
+    "t_sparsity": 0.95,
     "t_auto_sparsity": False,
+    "t_cross_first": False,
+    "rescale": 0.1,
+    "samplerate": 44100,
+    "segment": 10,
+    "use_train_segment": True,
+}
+# demucs HTDemucs kwargs we do not implement, with their (inert) defaults, which the releases keep.
+_UNSUPPORTED_DEMUCS_KWARGS: dict[str, Any] = {
+    key: _DEMUCS_DEFAULTS[key]
+    for key in (
+        "wiener_iters",
+        "end_iters",
+        "wiener_residual",
+        "multi_freqs",
+        "t_emb",
+        "t_sin_random_shift",
+        "t_sparse_self_attn",
+        "t_sparse_cross_attn",
+        "t_auto_sparsity",
+    )
 }
 # demucs kwargs that change nothing at inference or in the parameters (training-only settings).
 _IGNORED_DEMUCS_KWARGS = {
@@ -109,7 +179,8 @@ _IGNORED_DEMUCS_KWARGS = {
 class HTDemucsConfig(ModelConfig):
     """Hyper-parameters of HT Demucs; field names are demucs's ``HTDemucs`` kwargs.
 
-    Defaults are the released ``htdemucs`` model (package ``955717e8``: 41,984,456 parameters).
+    Defaults are the released ``htdemucs`` model (package ``955717e8``: 41,984,456 parameters), not
+    demucs's ``HTDemucs`` class defaults (``_DEMUCS_DEFAULTS``, used by :meth:`from_demucs_kwargs`).
     ``segment`` is the training segment in seconds, either an exact fraction ``(num, den)`` (the
     released models use 39/5 s) or a float. Groups fields (``t_norm_in_group``, ``t_group_norm``,
     ``t_norm_out``) are numbers of groups, 0 = off; demucs passes booleans (True = 1 group).
@@ -272,11 +343,13 @@ class HTDemucsConfig(ModelConfig):
     def from_demucs_kwargs(cls, kwargs: dict[str, Any]) -> HTDemucsConfig:
         """The config of a demucs ``HTDemucs(**kwargs)`` (e.g. a ``.th`` package's ``kwargs``).
 
-        Settings this implementation lacks (Wiener filtering, multi-band layers, sparse attention,
-        non-sinusoidal embeddings) raise ``InputError`` unless they hold their inert value.
+        A kwarg left out takes demucs's class default (``_DEMUCS_DEFAULTS``), as in demucs, not this
+        config's (the released recipe's); ``sources`` is required. Settings this implementation lacks
+        (Wiener filtering, multi-band layers, sparse attention, non-sinusoidal embeddings) raise
+        ``InputError`` unless they hold their inert value.
         """
         fields = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {k: v for k, v in _DEMUCS_DEFAULTS.items() if k in fields}
         for key, value in kwargs.items():
             if key in fields:
                 values[key] = value
@@ -286,8 +359,11 @@ class HTDemucsConfig(ModelConfig):
                     raise InputError(f"demucs HTDemucs: {key}={value!r} is not supported (only {inert!r})")
             elif key not in _IGNORED_DEMUCS_KWARGS:
                 raise InputError(f"demucs HTDemucs: unknown keyword argument {key!r}")
-        if "sources" in values:
-            values["sources"] = tuple(values["sources"])
+        if "sources" not in kwargs:
+            raise InputError("demucs HTDemucs: 'sources' is required (demucs has no default for it)")
+        if not isinstance(values["sources"], list | tuple):
+            raise InputError(f"demucs HTDemucs: sources must be a list of names, got {values['sources']!r}")
+        values["sources"] = tuple(values["sources"])
         segment = values.get("segment")
         if isinstance(segment, Fraction):
             values["segment"] = (segment.numerator, segment.denominator)

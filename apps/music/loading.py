@@ -26,6 +26,7 @@
       preprocessing: {...}              # optional
 
       # demucs: the HTDemucs(**kwargs) of a .th package, under `kwargs` or at the top level
+      # (sources required; missing ones: demucs's HTDemucs defaults, as HTDemucs(**kwargs))
       klass: demucs.htdemucs.HTDemucs   # optional
       kwargs: {sources: [drums, bass, other, vocals], segment: 7.8, channels: 48, ...}
 

@@ -7,7 +7,9 @@ is named ``<signature>-<first 8 hex of its sha256>.th`` and served from
 ``https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/`` (demucs ``remote/files.txt``,
 ``pretrained.py``). It is read by the restricted unpickler with ``fractions.Fraction`` (the
 segment) allowed and the model class mapped to an inert stub, so nothing of demucs runs. The model
-is built from the package's own ``kwargs`` (:func:`config_from_demucs_package`), not from a preset.
+is built from the package's own ``kwargs`` (:func:`config_from_demucs_package`), not from a preset;
+as in demucs, a kwarg the package leaves out takes ``HTDemucs``'s class default (a user's training
+code may state only a few; the releases state them all).
 
 Registered weights (``hybrids models``/``create_model(name, weights="official")``):
 
@@ -96,7 +98,8 @@ def demucs_package_state_dict(package: Any) -> dict[str, torch.Tensor]:
 
 
 def config_from_demucs_package(package: Any) -> HTDemucsConfig:
-    """The :class:`HTDemucsConfig` of a package's ``kwargs`` (``args`` must be empty)."""
+    """The :class:`HTDemucsConfig` of a package's ``kwargs`` (``args`` must be empty; a kwarg left
+    out takes demucs's class default, see :meth:`HTDemucsConfig.from_demucs_kwargs`)."""
     package = _check_package(package)
     if package.get("args"):
         raise CheckpointError("demucs package with positional 'args' is not supported")
