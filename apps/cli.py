@@ -25,7 +25,9 @@ logger = logging.getLogger("hybrids.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from hybrids.apps.core.arguments import Parser
+
+    parser = Parser(
         prog="hybrids",
         description="Hybrid CNN / transformer / state-space model pipelines: "
         "music separation, medical segmentation, DNA language models and more.",
@@ -37,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="list the registered models",
-        description="List registered models: name, parameter count (of the model the name "
-        "stands for, counted without allocating memory) and whether official weights exist.",
+        help="list the models: architectures and the trained models built in",
+        description="List every model name (short names work too where unambiguous): parameter "
+        "count, weights (official: cached or to download; built-in: shipped with hybrids, runs "
+        "offline), presets and a description.",
     )
     models.add_argument("--app", help="only this app's models (e.g. music)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -104,25 +107,9 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from hybrids.apps.core.registry import count_parameters, get_model_entry, list_models
+    from hybrids.apps.core.catalog import catalog_rows
 
-    rows = []
-    for name in list_models(args.app):
-        entry = get_model_entry(name)
-        try:
-            params: int | None = count_parameters(name)
-        except Exception as exc:  # a broken model must not hide the others
-            logger.warning("%s: could not count parameters (%s)", name, exc)
-            params = None
-        rows.append(
-            {
-                "name": name,
-                "parameters": params,
-                "official_weights": bool(entry.weights),
-                "presets": entry.config_cls.preset_names(),
-                "description": entry.description,
-            }
-        )
+    rows = catalog_rows(args.app)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -135,8 +122,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         (
             r["name"],
             _human_count(r["parameters"]),
-            "official" if r["official_weights"] else "-",
-            ",".join(r["presets"]),
+            r["weights"],
+            ",".join(r["presets"]) or "-",
             r["description"],
         )
         for r in rows
@@ -189,6 +176,7 @@ def _human_count(n: int | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI in-process; returns the exit code (never calls ``sys.exit`` itself)."""
     from hybrids.apps.core.progress import configure_logging
+    from hybrids.datasets.atomic import OutputError
 
     try:
         parser = build_parser()
@@ -198,8 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
         configure_logging(args.verbose - args.quiet)
         return int(args.func(args) or 0)
-    except HybridsError as error:
+    except (HybridsError, OutputError) as error:
         print(f"hybrids: error: {error}", file=sys.stderr)
+        return 2
+    except PermissionError as error:  # a file or folder the user may not read or write
+        print(f"hybrids: error: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hybrids: interrupted", file=sys.stderr)

@@ -1,16 +1,52 @@
 """Atomic file output: write to a temporary file in the destination folder, then rename.
 
 A crash, an exception or Ctrl-C while writing leaves no partial file at the destination; an
-existing destination is only replaced once the new content is complete.
+existing destination is only replaced once the new content is complete. The finished file gets
+the mode a plain ``open(path, "w")`` would give it (``0o666`` less the umask, or the mode of the
+file it replaces), not the owner-only mode of a temporary file. A destination that cannot be
+written raises ``OutputError`` with one line naming it and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+class OutputError(OSError):
+    """An output path that cannot be written (unwritable folder, a file where a folder must be,
+    full disk); ``str()`` is one line naming the path and the reason."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def check_output_folder(folder: str | Path) -> None:
+    """Fail early, before long work, when ``folder`` obviously cannot be created or written to:
+    a path component is a file, or the nearest existing folder is not writable."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"{folder}: cannot write there ({existing} is a file, not a folder)")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot write there ({existing} is not writable)")
+
+
+def make_output_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) for output; ``OutputError`` when that is impossible."""
+    folder = Path(folder)
+    check_output_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    return folder
 
 
 @contextlib.contextmanager
@@ -21,20 +57,45 @@ def atomic_write_path(destination: str | Path, *, suffix: str | None = None) -> 
     extension (soundfile, nibabel, safetensors) keep working. Parent folders are created.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = _format_suffix(destination)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=f".part{suffix}", dir=destination.parent
-    )
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{destination.name}.", suffix=f".part{suffix}", dir=destination.parent
+        )
+    except OSError as exc:
+        raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, destination)
+        try:
+            os.chmod(tmp, _mode_for(destination))
+            os.replace(tmp, destination)
+        except OSError as exc:
+            raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _mode_for(destination: Path) -> int:
+    """The permission bits ``open(destination, "w")`` would leave: the replaced file's, else
+    ``0o666`` less the process umask."""
+    try:
+        return stat.S_IMODE(destination.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: read it without changing it
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _format_suffix(path: Path) -> str:

@@ -27,9 +27,9 @@ import bz2
 import csv
 import gzip
 import io
+import logging
 import lzma
 import os
-import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,7 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+logger = logging.getLogger("hybrids.datasets.dna")
+
 __all__ = [
+    "ACGT_IDS",
     "BASES",
     "BOS_ID",
     "CLS_ID",
@@ -63,6 +66,7 @@ __all__ = [
     "read_sequences",
     "reverse_complement",
     "split_holdout",
+    "count_scored_bases",
 ]
 
 
@@ -79,6 +83,13 @@ PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(5)
 BOS_ID, EOS_ID = CLS_ID, SEP_ID
 BASES = "ACGTN"
 BASE_IDS = {b: len(SPECIAL_TOKENS) + i for i, b in enumerate(BASES)}  # A 5, C 6, G 7, T 8, N 9
+ACGT_IDS = tuple(BASE_IDS[b] for b in "ACGT")  # the targets a DNA language model is scored on
+
+
+def count_scored_bases(tokens: np.ndarray | torch.Tensor) -> int:
+    """How many of ``tokens`` (token ids) are A, C, G or T (``N`` and specials are never scored)."""
+    array = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+    return int(np.isin(array, ACGT_IDS).sum())
 _ALIASES = {"<bos>": BOS_ID, "<eos>": EOS_ID}
 _IUPAC_AMBIGUOUS = "RYSWKMBDHV"
 _INVALID = 0xFF  # marker in the lookup tables
@@ -371,6 +382,30 @@ def _first_content(path: str | os.PathLike) -> bytes:
     return b""
 
 
+class _SkippedRecords:
+    """Warnings for records without sequence, held back until the file has shown a usable record:
+    a file with none at all is one error line, not warnings followed by that error."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._pending: list[str] = []
+        self._found = False
+
+    def skip(self, message: str) -> None:
+        self.count += 1
+        if self._found:
+            logger.warning("%s; skipped", message)
+        else:
+            self._pending.append(message)
+
+    def found(self) -> None:
+        if not self._found:
+            self._found = True
+            for message in self._pending:
+                logger.warning("%s; skipped", message)
+            self._pending.clear()
+
+
 def read_fasta(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool = True) -> Iterator[SeqRecord]:
     """Iterate over the records of a FASTA file (plain, gzip, bzip2 or xz), one at a time.
 
@@ -384,21 +419,21 @@ def read_fasta(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool = T
     table = _NORMALISE[u_to_t]
     fh, kind = _open_binary(path)
     name = str(path)
-    n_yielded = n_empty = 0
+    n_yielded = 0
+    skipped = _SkippedRecords()
     header: tuple[str, str] | None = None
     seq = bytearray()
     lineno = 0
 
     def finish() -> SeqRecord | None:
-        nonlocal n_empty
         assert header is not None
         if not seq:
-            n_empty += 1
             msg = f"{name}: record {header[0]!r} has no sequence"
             if empty == "error":
                 raise DNAFormatError(msg)
-            warnings.warn(msg + "; skipped", UserWarning, stacklevel=3)
+            skipped.skip(msg)
             return None
+        skipped.found()
         return SeqRecord(header[0], header[1], seq.decode("ascii"))
 
     try:
@@ -448,7 +483,7 @@ def read_fasta(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool = T
         n_yielded += 1
         yield rec
     if n_yielded == 0:
-        raise DNAFormatError(f"{name}: no record has a sequence ({n_empty} empty record(s))")
+        raise DNAFormatError(f"{name}: no record has a sequence ({skipped.count} empty record(s))")
 
 
 def read_genbank(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool = True) -> Iterator[SeqRecord]:
@@ -466,7 +501,8 @@ def read_genbank(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool =
     if not _first_content(path):
         raise DNAFormatError(f"{name}: file is empty (no GenBank record)")
     fh, _ = _open_binary(path)
-    n_yielded = n_empty = 0
+    n_yielded = 0
+    skipped = _SkippedRecords()
     with io.TextIOWrapper(fh, encoding="utf-8", errors="replace") as text:
         try:
             for record in SeqIO.parse(text, "genbank"):
@@ -475,13 +511,13 @@ def read_genbank(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool =
                 except UndefinedSequenceError:
                     raw = ""
                 if not raw:
-                    n_empty += 1
                     msg = f"{name}: record {record.id!r} has no sequence"
                     if empty == "error":
                         raise DNAFormatError(msg)
-                    warnings.warn(msg + "; skipped", UserWarning, stacklevel=2)
+                    skipped.skip(msg)
                     continue
                 seq = normalize_dna(raw, source=f"{name}: record {record.id!r}", u_to_t=u_to_t)
+                skipped.found()
                 n_yielded += 1
                 yield SeqRecord(record.id, record.description, seq)
         except DNAFormatError:
@@ -489,7 +525,7 @@ def read_genbank(path: str | os.PathLike, *, empty: str = "warn", u_to_t: bool =
         except (ValueError, *_DECOMPRESS_ERRORS) as err:
             raise DNAFormatError(f"{name}: not a readable GenBank file ({err})") from None
     if n_yielded == 0:
-        raise DNAFormatError(f"{name}: no GenBank record with a sequence ({n_empty} empty record(s))")
+        raise DNAFormatError(f"{name}: no GenBank record with a sequence ({skipped.count} empty record(s))")
 
 
 def read_sequences(path: str | os.PathLike, **kwargs) -> Iterator[SeqRecord]:

@@ -47,6 +47,7 @@ from hybrids.datasets.atomic import atomic_write_path
 
 __all__ = [
     "MedicalImageError",
+    "looks_like_label_map",
     "Volume",
     "MedicalCase",
     "list_cases",
@@ -67,6 +68,22 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 class MedicalImageError(ValueError):
     """A medical image file or folder the user gave cannot be used; one line naming it."""
+
+
+LABEL_MAP_MAX_VALUES = 10  # an image with at most this many small integer values looks like a label map
+
+
+def looks_like_label_map(array: np.ndarray) -> bool:
+    """Whether an image holds only a few small non-negative integers (``0, 1, 2, ...``), as a
+    segmentation does and an MR/CT intensity image never does. Decided from at most ~1M voxels."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.size == 0:
+        return False
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    values = np.unique(sample)
+    if values.size > LABEL_MAP_MAX_VALUES or values[0] < 0 or values[-1] > 255:
+        return False
+    return bool(np.all(values == np.round(values)))
 
 
 @dataclass

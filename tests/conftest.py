@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,28 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Tests never touch the user's weights cache or the network: point the cache at a temp dir."""
     monkeypatch.setenv("HYBRIDS_CACHE", str(tmp_path_factory.mktemp("hybrids-cache")))
     monkeypatch.setenv("HYBRIDS_OFFLINE", "1")
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[tuple[list[str], Path]]:
+    """``(prefix, folder)`` for running a command as a user without root's powers.
+
+    As root, ``prefix`` drops to ``nobody`` with ``setpriv`` (root may write into any folder, so a
+    read-only folder can only be tested this way); as any other user it is empty. ``folder`` is a
+    fresh temporary folder every user can enter; it is removed afterwards.
+    """
+    import shutil
+    import tempfile
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop privileges")
+        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="hybrids-unprivileged-"))
+    folder.chmod(0o777)
+    try:
+        yield prefix, folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -133,8 +133,17 @@ def list_models(app: str | None = None) -> list[str]:
     return sorted(n for n in _REGISTRY if app is None or n.split("/", 1)[0] == app)
 
 
+def registered_names() -> list[str]:
+    """Names registered so far (apps not yet loaded are missing; ``list_models`` loads them)."""
+    return sorted(_REGISTRY)
+
+
 def get_model_entry(name: str) -> ModelEntry:
-    """The entry of ``name``, loading its app on first use; unknown names raise with suggestions."""
+    """The entry of ``name`` (or of its short form, e.g. ``"htdemucs"``), loading its app on first
+    use; unknown names raise with suggestions."""
+    from hybrids.apps.core.catalog import full_name
+
+    name = full_name(name)
     if name not in _REGISTRY:
         app = name.split("/", 1)[0] if "/" in name else None
         if app is not None and app in available_apps():
@@ -168,6 +177,13 @@ def create_model(
     """
     import torch
 
+    from hybrids.apps.core.catalog import full_name, get_builtin
+
+    builtin = get_builtin(full_name(name))
+    if builtin is not None:  # a trained model shipped in the package: its architecture + weights
+        if config is not None or preset is not None or overrides:
+            raise InputError(f"{builtin.name} is a trained model: it takes no preset, config or overrides")
+        return create_model(builtin.model, weights=weights or builtin.folder, device=device)
     entry = get_model_entry(name)
     if config is None and preset is None and weights is not None:
         config = _config_from_checkpoint(entry, weights)
@@ -185,7 +201,7 @@ def create_model(
         model = entry.builder(cfg)
     if not hasattr(model, "config"):
         model.config = cfg
-    model.model_name = name
+    model.model_name = entry.name
     if weights is not None:
         from hybrids.apps.core.weights import load_weights_into
 
@@ -202,7 +218,9 @@ def _config_from_checkpoint(entry: ModelEntry, weights: str | Path) -> ModelConf
     return None if fields is None else entry.config_cls.from_dict(fields)
 
 
-def count_parameters(name: str, preset: str | None = None, **overrides: Any) -> int:
+def count_parameters(
+    name: str, preset: str | None = None, *, config: ModelConfig | None = None, **overrides: Any
+) -> int:
     """Number of parameters of ``name`` built on the meta device (no memory, any size)."""
-    model = create_model(name, preset=preset, device="meta", **overrides)
+    model = create_model(name, preset=preset, config=config, device="meta", **overrides)
     return sum(p.numel() for p in model.parameters())

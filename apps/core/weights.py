@@ -263,6 +263,14 @@ def resolve_weights_files(
     search_dirs = list(search_dirs)
     parts = [get_weights(name) for name in entry.parts]
     found_paths = [_find_local(part, search_dirs) for part in parts]
+    missing = [part for part, path in zip(parts, found_paths) if path is None]
+    if missing and not (not offline() if allow_download is None else allow_download):
+        listing = "; ".join(f"{part.filename} from {part.url}" for part in missing)
+        raise WeightsError(
+            f"weights {entry.name!r}: {len(missing)} of its {len(parts)} files are not in the cache "
+            f"({cache_dir()}) and downloads are disabled (HYBRIDS_OFFLINE): {listing}; download them on "
+            "a connected machine and pass --repo DIR (the folder holding them), or copy them to the cache"
+        )
     paths: list[Path] = []
     licence: str | None = entry.license or parts[0].license
     for index, (part, path) in enumerate(zip(parts, found_paths)):
@@ -328,14 +336,21 @@ SAFETENSORS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
+# torch.save's legacy (non-zip) format starts with its magic number pickled at protocol 2.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
 def sniff_format(path: Path) -> str:
-    """``"safetensors"``, ``"torch-zip"``, ``"torch-legacy"`` or ``"unknown"`` from the first bytes."""
+    """``"safetensors"``, ``"torch-zip"``, ``"torch-legacy"``, ``"pickle"`` (a raw Python pickle, not
+    written by ``torch.save``) or ``"unknown"`` from the first bytes."""
     with open(path, "rb") as handle:
         head = handle.read(16)
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6):
+    if head.startswith(_TORCH_LEGACY_MAGIC):
         return "torch-legacy"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6):
+        return "pickle"
     if len(head) >= 9:
         header_len = int.from_bytes(head[:8], "little")
         if head[8:9] == b"{" and 0 < header_len < 100_000_000:
@@ -394,6 +409,11 @@ def read_weights_file(path: str | Path, entry: WeightsEntry | None = None) -> An
             path,
             allowed_globals=entry.pickle_globals if entry else None,
             stub_classes=entry.pickle_stubs if entry else (),
+        )
+    if kind == "pickle":
+        raise CheckpointError(
+            f"{path}: a raw Python pickle (pickle.dump), which is not accepted since unpickling can run "
+            "code; use a safetensors file, a checkpoint folder, or a PyTorch file written by torch.save"
         )
     raise CheckpointError(f"{path}: unknown checkpoint format (expected safetensors or a PyTorch file)")
 

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from hybrids.apps.core.errors import InputError
-from hybrids.datasets.dna import BOS_ID, PAD_ID, DNAFormatError, DNATokenizer, read_sequences
+from hybrids.datasets.atomic import make_output_folder
+from hybrids.datasets.dna import (
+    BOS_ID,
+    PAD_ID,
+    DNAFormatError,
+    DNATokenizer,
+    count_scored_bases,
+    read_sequences,
+)
 
 logger = logging.getLogger("hybrids.dna.embed")
 
@@ -92,10 +100,22 @@ def embed_fasta(
         raise InputError(str(exc)) from None
     # windows of all records, embedded in batches
     pieces: list[tuple[int, torch.Tensor]] = []
+    unknown_only = []
     for r, rec in enumerate(records):
         tokens = tokenizer.encode(rec.sequence, source=f"{fasta}: record {rec.id!r}")
         bases += len(tokens)
+        if not count_scored_bases(tokens):
+            unknown_only.append(rec.id)
         pieces.extend((r, tokens[s : s + window]) for s in range(0, len(tokens), window))
+    if len(unknown_only) == len(records):
+        raise InputError(f"{fasta}: no A, C, G or T in any record (only N or ambiguity codes)")
+    if unknown_only:
+        logger.warning(
+            "%s: %d record(s) hold only N or ambiguity codes (e.g. %r); their embeddings carry no sequence",
+            fasta,
+            len(unknown_only),
+            unknown_only[0],
+        )
     by_piece: dict[int, torch.Tensor] = {}
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))  # similar lengths together
     for start in range(0, len(order), batch_size):
@@ -115,7 +135,7 @@ def embed_fasta(
         if per_token:
             tok_emb[key] = h.contiguous()
     matrix = np.stack(seq_emb).astype(np.float32)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     with atomic_write_path(out / "sequences.npy") as tmp:
         np.save(tmp, matrix)
     with atomic_write_path(out / "sequences.safetensors") as tmp:

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrids.apps.core.errors import InputError
+from hybrids.datasets.atomic import make_output_folder
 from hybrids.datasets.dna import (
     BOS_ID,
     PAD_ID,
@@ -238,7 +239,7 @@ def save_classifier(model: nn.Module, directory: Path, info: dict[str, Any]) -> 
 
     from hybrids.datasets.atomic import atomic_write_path, atomic_write_text
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_output_folder(directory)
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()

@@ -26,7 +26,6 @@ on the full 90% and scored on the held-out part.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -314,7 +313,9 @@ def benchmark_holdout(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from hybrids.apps.core.arguments import Parser
+
+    parser = Parser(
         prog="python -m hybrids.apps.dna.markov",
         description="Held-out bits per base of order-k Markov models on a genome (FASTA/GenBank).",
     )

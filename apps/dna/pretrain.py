@@ -72,7 +72,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def load_genomes(paths, holdout_fraction: float, tokenizer) -> tuple[list, list, dict[str, Any]]:
     """Token arrays ``(train_parts, valid_parts, summary)`` of every record of ``paths``."""
-    from hybrids.datasets.dna import DNAFormatError, read_sequences, split_holdout
+    from hybrids.datasets.dna import DNAFormatError, count_scored_bases, read_sequences, split_holdout
 
     train, valid = [], []
     records = bases = 0
@@ -91,10 +91,17 @@ def load_genomes(paths, holdout_fraction: float, tokenizer) -> tuple[list, list,
                 valid.append(split.test)
     except DNAFormatError as exc:
         raise InputError(str(exc)) from None
+    names = ", ".join(map(str, paths))
     if not valid:
         raise InputError(
-            f"{', '.join(map(str, paths))}: no record is long enough to hold out "
-            f"{holdout_fraction:.0%} for validation"
+            f"{names}: no record is long enough to hold out {holdout_fraction:.0%} for validation"
+        )
+    # The loss is scored on A/C/G/T targets only: with none there is nothing to learn or to measure.
+    if not any(count_scored_bases(t) for t in train):
+        raise InputError(f"{names}: no A, C, G or T in any record (only N or ambiguity codes)")
+    if not any(count_scored_bases(v) for v in valid):
+        raise InputError(
+            f"{names}: the held-out {holdout_fraction:.0%} of the records has no A, C, G or T to validate on"
         )
     summary = {
         "records": records,

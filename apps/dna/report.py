@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
+from hybrids.datasets.atomic import make_output_folder
 
 __all__ = ["gue_rows", "language_modelling", "long_context", "read_published", "report"]
 
@@ -318,7 +319,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         )
         result["long_context_model"] = str(args.model) if args.model else f"random `{args.preset}`"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     text = _markdown(result)
     atomic_write_text(out / "report.md", text + "\n")
     atomic_write_text(out / "report.json", json.dumps(result, indent=2) + "\n")

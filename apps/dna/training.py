@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hybrids.datasets.dna import BASE_IDS, BOS_ID, PAD_ID, GenomeWindows
+from hybrids.apps.core.errors import InputError
+from hybrids.datasets.dna import ACGT_IDS, BOS_ID, PAD_ID, GenomeWindows
 
 logger = logging.getLogger("hybrids.dna.train")
 
-ACGT_IDS = tuple(BASE_IDS[b] for b in "ACGT")
 LN2 = math.log(2.0)
 
 
@@ -132,7 +132,9 @@ class CausalLMModule(L.LightningModule):
         nll = torch.tensor([self._nll, float(self._count)], dtype=torch.float64, device=self.device)
         if self.trainer.world_size > 1:
             nll = self.trainer.strategy.reduce(nll, reduce_op="sum")
-        bpb = float(nll[0] / nll[1].clamp_min(1) / LN2)
+        if nll[1] == 0:  # nothing was scored: never report a perfect 0 bits per base
+            raise InputError("validation scored no A, C, G or T: the validation tiles hold only N")
+        bpb = float(nll[0] / nll[1] / LN2)
         self.log("valid_bpb", bpb, prog_bar=True, batch_size=1, rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:

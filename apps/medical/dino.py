@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hybrids.apps.core.errors import InputError
 from hybrids.apps.core.lightning_hooks import ThreadsHooks, TrainingClock
+from hybrids.datasets.atomic import make_output_folder
 from hybrids.shared_blocks.vit import VisionTransformer
 
 logger = logging.getLogger("hybrids.medical.dino")
@@ -618,7 +619,7 @@ def save_teacher(backbone: VisionTransformer, directory: Path, info: dict[str, A
 
     from hybrids.datasets.atomic import atomic_write_path, atomic_write_text
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_output_folder(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     with atomic_write_path(directory / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "hybrids.model": TEACHER_MODEL})
@@ -900,7 +901,7 @@ def pretrain(args: Any) -> dict[str, Any]:
         },
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     quiet = getattr(args, "quiet", 0) > 0
     callback = DINOCheckpoint(out, info, figure, names, quiet=quiet)
     version = ""

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
+from hybrids.datasets.atomic import make_output_folder
 
 __all__ = [
     "ModelReport",
@@ -343,7 +344,7 @@ def write_report(
 ) -> list[Path]:
     """Write ``report.md``, ``report.csv``, ``cases.csv`` (and ``attention.png``) into ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     written = []
     png = None
     if attention_png:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hybrids.apps.core.arguments import reject_peer_flags
+from hybrids.apps.core.catalog import builtin_models
 from hybrids.apps.core.errors import HybridsError, InputError
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ logger = logging.getLogger("hybrids.medical")
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = "hippocampus"
 # Built-in models (folders under pretrained/); listed here so a missing folder gets a clear error.
-BUILTIN_MODELS = {"hippocampus": "left/right hippocampus (anterior, posterior) in T1 MRI, MSD Task04"}
+BUILTIN_MODELS = {b.name.split("/", 1)[1]: b.description for b in builtin_models("medical")}
 PROBABILITIES_SUFFIX = ".npz"
 
 
@@ -236,8 +238,14 @@ class Segmenter:
         save_probabilities: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> list[Path]:
-        from hybrids.datasets.medical import save_label_volume
+        from hybrids.datasets.medical import looks_like_label_map, save_label_volume
 
+        if looks_like_label_map(volume.array):
+            logger.warning(
+                "%s: holds only a few small integer values; it looks like a label map, not an image "
+                "(its segmentation will be meaningless)",
+                volume.path,
+            )
         output = Path(output)
         prediction = self.predict(volume, probabilities=save_probabilities, progress=progress)
         written: list[Path] = []
@@ -468,9 +476,19 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="windows (2-D models: slices) per forward pass (default: sized to the window)",
     )
+    reject_peer_flags(
+        parser,
+        {
+            "-d": "nnU-Net's dataset flag; here the model carries its dataset: pass -m MODEL "
+            "(a built-in name or a model folder)",
+            "-c": "nnU-Net's configuration flag; a model folder holds one configuration: pass -m MODEL",
+            "-f": "nnU-Net's fold flag; a model folder holds one trained model: pass -m FOLDER",
+        },
+    )
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from hybrids.datasets.atomic import check_output_folder, make_output_folder
     from hybrids.datasets.medical import MedicalImageError, is_nifti_path, list_cases
 
     inputs = [*args.inputs, *args.more_inputs]
@@ -520,13 +538,11 @@ def run_segment(args: argparse.Namespace) -> int:
     if not cases:
         raise InputError(f"none of the {n_inputs} inputs can be segmented (see the messages above)")
 
-    segmenter = _make_segmenter(args)
     out_dir = args.output.parent if single_file else args.output
+    check_output_folder(out_dir)  # before the model loads: an unwritable -o is an input error
+    segmenter = _make_segmenter(args)
     created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+    make_output_folder(out_dir)
     try:
         return _segment_cases(segmenter, cases, targets, args, failures, n_inputs, single_file)
     finally:
@@ -545,6 +561,7 @@ def _segment_cases(
     single_file: bool,
 ) -> int:
     from hybrids.apps.core.memory import limit_malloc_arenas
+    from hybrids.datasets.atomic import OutputError
     from hybrids.datasets.medical import MedicalImageError
 
     limit_malloc_arenas(1)
@@ -556,7 +573,7 @@ def _segment_cases(
             seconds = _segment_case(segmenter, case, targets[case.name], args)
             done += 1
             logger.debug("%s: %.2f s", case.name, seconds)
-        except (HybridsError, MedicalImageError) as exc:
+        except (HybridsError, MedicalImageError, OutputError) as exc:
             if n_inputs == 1:
                 raise InputError(str(exc)) from None
             failures.append(str(exc))

@@ -39,6 +39,7 @@ def test_models_lists_registered_models_with_counts(fake_apps, capsys):
         "name": "testapp/net",
         "parameters": 4546,
         "official_weights": True,
+        "weights": "official",
         "presets": ["default", "tiny"],
         "description": "A small test network.",
     }

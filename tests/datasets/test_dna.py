@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import lzma
 import time
 import tracemalloc
@@ -178,14 +179,16 @@ def test_read_fasta_empty_file(tmp_path):
         list(read_fasta(gz))
 
 
-def test_read_fasta_record_without_sequence_is_skipped_with_warning(tmp_path):
+def test_read_fasta_record_without_sequence_is_skipped_with_warning(tmp_path, caplog):
     path = tmp_path / "gap.fa"
     path.write_text(">a\nACGT\n>nothing here\n>b\nGG\n>last\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = list(read_fasta(path))
+    # A warning for users goes through the logger (one line, no Python source line), never warnings.warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.WARNING, logger="hybrids"):
+            got = list(read_fasta(path))
     assert [(r.id, r.sequence) for r in got] == [("a", "ACGT"), ("b", "GG")]
-    messages = [str(w.message) for w in caught]
+    messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2 and all(m.startswith(str(path)) for m in messages)
     assert "record 'nothing' has no sequence; skipped" in messages[0] and "'last'" in messages[1]
     with pytest.raises(DNAFormatError, match="record 'nothing' has no sequence"):

@@ -268,7 +268,7 @@ def test_entry_of_parts_downloads_each_file_and_prints_the_licence_once(two_part
     assert "Downloading" not in capsys.readouterr().err  # now from the cache
 
 
-def test_entry_of_parts_offline_names_the_missing_file(two_part_net, tmp_path):
+def test_entry_of_parts_offline_names_every_missing_file(two_part_net, tmp_path):
     _, parts, parent = two_part_net
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -276,9 +276,15 @@ def test_entry_of_parts_offline_names_the_missing_file(two_part_net, tmp_path):
     with pytest.raises(WeightsError) as info:  # HYBRIDS_OFFLINE=1 (conftest)
         W.resolve_weights_files(parent.name, search_dirs=[repo])
     message = str(info.value)
-    for needle in (parts[1].filename, "file 2 of 2 of 'testapp/net-v1'", parts[1].url, "--weights PATH"):
+    for needle in ("1 of its 2 files", parts[1].filename, parts[1].url, str(W.cache_dir()), "--repo DIR"):
         assert needle in message
-    assert "\n" not in message
+    assert parts[0].filename not in message and "\n" not in message
+    (repo / parts[0].filename).unlink()  # every missing file is named in the one message
+    with pytest.raises(WeightsError) as info:
+        W.resolve_weights_files(parent.name, search_dirs=[repo])
+    message = str(info.value)
+    assert "2 of its 2 files" in message and all(p.filename in message and p.url in message for p in parts)
+    (repo / parts[0].filename).write_bytes((tmp_path / "server" / parts[0].filename).read_bytes())
     (repo / parts[1].filename).write_bytes(b"tampered")
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         W.resolve_weights_files(parent.name, search_dirs=[repo])
@@ -296,3 +302,18 @@ def test_entry_of_parts_validation():
         W.WeightsEntry("x/y", "https://example.org/a.th", parts=("x/a",))
     with pytest.raises(ValueError, match="a url and a licence are required"):
         W.WeightsEntry("x/y", "https://example.org/a.th", "a" * 64)
+
+
+def test_a_raw_pickle_is_refused_by_name_and_a_legacy_torch_file_still_loads(tmp_path):
+    import pickle
+
+    raw = tmp_path / "weights.pkl"
+    with open(raw, "wb") as handle:
+        pickle.dump({"layers.0.weight": [[0.0] * 3] * 8}, handle)
+    assert W.sniff_format(raw) == "pickle"
+    with pytest.raises(CheckpointError, match=r"weights\.pkl: a raw Python pickle \(pickle.dump\), which"):
+        W.read_weights_file(raw)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert W.sniff_format(legacy) == "torch-legacy"
+    assert torch.equal(W.read_weights_file(legacy)["w"], torch.ones(2))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -251,17 +252,38 @@ def test_embed_windows_match_direct_echo(tmp_path, shared_data):
         (["dna", "generate", "-m", "{lm}", "--length", "0"], "--length"),
         (["dna", "embed", "-m", "{lm}", "--fasta", "{prot}"], "invalid character"),
         (["dna", "embed", "-m", "{lm}", "--fasta", "{plasmid}", "--window", "0"], "--window"),
+        (["dna", "pretrain", "--fasta", "{all_n}", "--preset", "tiny", "-o", "{tmp}/o"], "no A, C, G or T"),
+        (["dna", "embed", "-m", "{lm}", "--fasta", "{all_n}", "-o", "{tmp}/e"], "no A, C, G or T"),
+        (["dna", "embed", "-m", "{lm}", "--fasta", "{empty_gb}", "-o", "{tmp}/e"], "no GenBank record with"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(argv, needle, tmp_path, shared_data, capsys):
     tiny_lm(tmp_path / "lm")
     prot = tmp_path / "prot.fa"
     prot.write_text(">p\nMKVLAAGIVQEFPLR\n")
-    fields = {"tmp": tmp_path, "prot": prot, "plasmid": shared_data / PLASMID, "lm": tmp_path / "lm"}
+    all_n = tmp_path / "all_n.fa"
+    all_n.write_text(">gap1\n" + "N" * 5000 + "\n>gap2 ambiguity codes only\n" + "NRYKM" * 1000 + "\n")
+    empty_gb = tmp_path / "empty.gb"
+    empty_gb.write_text(
+        "LOCUS       TEST01                     0 bp    DNA     linear   UNK 01-JAN-2000\n"
+        "DEFINITION  a record whose ORIGIN is empty.\nACCESSION   TEST01\nVERSION     TEST01.1\n"
+        "FEATURES             Location/Qualifiers\nORIGIN\n//\n"
+    )
+    fields = {
+        "tmp": tmp_path,
+        "prot": prot,
+        "plasmid": shared_data / PLASMID,
+        "lm": tmp_path / "lm",
+        "all_n": all_n,
+        "empty_gb": empty_gb,
+    }
     argv = [a.format(**fields) for a in argv]
-    assert main(argv) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # warnings for users go through the logger
+        assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err, err
+    assert not any(tmp_path.glob("[oe]"))  # nothing written
 
 
 def test_help_does_not_import_torch():
@@ -271,3 +293,19 @@ def test_help_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_validation_with_no_scored_base_never_reports_zero_bits():
+    from types import SimpleNamespace
+
+    from hybrids.apps.core.errors import InputError
+    from hybrids.apps.dna.training import CausalLMModule
+
+    module = CausalLMModule(create_model("dna/hybridna", preset="tiny"))
+    module._trainer = SimpleNamespace(world_size=1)
+    module.on_validation_epoch_start()
+    n_only = torch.full((2, 17), DNATokenizer().encode("N")[0].item())
+    with torch.no_grad():
+        module.validation_step(n_only, 0)
+    with pytest.raises(InputError, match="no A, C, G or T"):
+        module.on_validation_epoch_end()

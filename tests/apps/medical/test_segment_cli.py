@@ -313,6 +313,50 @@ def test_batch_with_bad_case_writes_the_others(models, hippo, tmp_path, capsys):
     assert "case_bad.nii.gz" in err and "1 of 3 inputs failed" in err
 
 
+def test_unwritable_output_of_one_case_does_not_stop_the_batch(models, hippo, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("case_a", "case_b"):
+        (folder / f"{name}.nii.gz").write_bytes(hippo["image"].read_bytes())
+    out = tmp_path / "out"
+    (out / "case_a.nii.gz").mkdir(parents=True)  # a folder where case_a's label volume must go
+    assert segment(folder, "-o", out, "-m", models[3]) == 2
+    assert files_in(out) == ["case_a.nii.gz", "case_b.nii.gz"] and (out / "case_b.nii.gz").is_file()
+    err = capsys.readouterr().err
+    assert "case_a.nii.gz: cannot write" in err and "1 of 2 inputs failed" in err
+    assert "Traceback" not in err
+
+
+def test_read_only_output_folder_as_an_unprivileged_user(hippo, unprivileged):
+    prefix, folder = unprivileged
+    read_only = folder / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    hybrids = Path(sys.executable).parent / "hybrids"
+    env = {**os.environ, "HOME": str(folder), "HYBRIDS_CACHE": str(folder / "cache")}
+    images = [hippo["image"], hippo["image"].with_name("hippocampus_003.nii.gz")]
+    for output in (read_only, read_only / "case.nii.gz"):
+        inputs = images if output == read_only else images[:1]
+        command = [*prefix, str(hybrids), "medical", "segment", *map(str, inputs), "-o", str(output)]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"hybrids: error: {read_only}: cannot write there ({read_only} is not writable)"]
+        assert list(read_only.iterdir()) == []
+
+
+def test_a_label_volume_given_as_the_image_gets_a_warning(models, hippo, tmp_path, capsys):
+    assert segment(hippo["label"], "-o", tmp_path / "a", "-m", models[3]) == 0
+    assert "looks like a label map" in capsys.readouterr().err
+    assert segment(hippo["image"], "-o", tmp_path / "b", "-m", models[3]) == 0
+    assert "label map" not in capsys.readouterr().err
+    from hybrids.datasets.medical import looks_like_label_map
+
+    assert not looks_like_label_map(np.array([0.0, 1.0, 2.5]))  # not integers
+    assert not looks_like_label_map(np.arange(40.0))  # too many values
+    assert not looks_like_label_map(np.array([-1.0, 0.0, 1.0]))  # negative
+
+
 def test_model_errors_are_one_line(hippo, tmp_path, capsys, monkeypatch):
     import hybrids.apps.medical.segment as segment_module
 
