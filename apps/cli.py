@@ -181,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         try:
+            argv = list(sys.argv[1:] if argv is None else argv)
             args = parser.parse_args(argv)
+            args.argv = argv  # the command line, recorded by training runs as their provenance
         except SystemExit as exit_:  # --help, --version and usage errors
             return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
         configure_logging(args.verbose - args.quiet)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -78,6 +79,37 @@ def atomic_write_path(destination: str | Path, *, suffix: str | None = None) -> 
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write_folder(destination: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``destination``; on success it takes its place.
+
+    An interruption leaves the old folder (or none) and never a half-written or empty one; an
+    existing ``destination`` is moved aside, replaced and then removed, so only what the new
+    folder holds remains. Use it for folders whose every file the writer owns (a checkpoint).
+    """
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise OutputError(f"{destination}: cannot write a folder there (a file of that name exists)")
+    make_output_folder(destination.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent))
+    except OSError as exc:
+        raise OutputError(f"{destination}: cannot write ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is owner-only
+        old = None
+        if destination.exists():
+            old = tmp.with_name(tmp.name[: -len(".part")] + ".old")
+            os.replace(destination, old)
+        os.replace(tmp, destination)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _mode_for(destination: Path) -> int:

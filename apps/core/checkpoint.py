@@ -28,7 +28,7 @@ from hybrids.apps.core.weights import (
     safetensors_metadata,
     sniff_format,
 )
-from hybrids.datasets.atomic import atomic_write_path, atomic_write_text
+from hybrids.datasets.atomic import atomic_write_folder, atomic_write_path, atomic_write_text
 
 _META_MODEL = "hybrids.model"
 _META_CONFIG = "hybrids.config"
@@ -74,11 +74,19 @@ def save_checkpoint(
         seen.add(tensor.data_ptr())
         tensors[key] = tensor.contiguous()
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", _META_MODEL: name, _META_CONFIG: json.dumps(info["config"], sort_keys=True)}
-    with atomic_write_path(directory / SAFETENSORS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    ours = {SAFETENSORS_NAME, CONFIG_NAME}
+    if directory.is_dir() and any(p.name not in ours for p in directory.iterdir()):
+        # A folder holding other files too (a model card...): replace our two files, each atomically.
+        with atomic_write_path(directory / SAFETENSORS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        atomic_write_text(directory / CONFIG_NAME, text)
+        return directory
+    # Otherwise the whole folder at once: an interruption never leaves an empty or mixed folder.
+    with atomic_write_folder(directory) as tmp:
+        save_file(tensors, str(tmp / SAFETENSORS_NAME), metadata=metadata)
+        (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
     return directory
 
 

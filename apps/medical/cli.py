@@ -4,6 +4,7 @@
                             [--save-probabilities] [--overlap F] [--batch-size N]
     hybrids medical evaluate --pred preds/ --ref labelsTr/ [-o report/] [--labels 1 2] [--tolerance 1]
     hybrids medical report -m RUN_A/best RUN_B/best --data DIR [-o report/] [--attention-png]
+    hybrids medical train --data DIR -m MODEL [--preset P] [--fold K] [-o OUT] [--max-time M] [--resume]
     hybrids medical pretrain-dino --data DIR [-o OUT] [--arch vit_small] [--patch-size 16|8] [--max-time M]
 
 ``segment`` is ``hybrids.apps.medical.segment`` (see there: model folders, output naming, grids).
@@ -25,7 +26,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hybrids.apps.core.arguments import reject_peer_flags
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.run_options import add_run_arguments, config_from_args
+from hybrids.apps.medical.segment import BUILTIN_MODELS, DEFAULT_MODEL
+from hybrids.apps.medical.train import LOSSES
 
 logger = logging.getLogger("hybrids.medical")
 
@@ -48,8 +53,6 @@ def add_parser(commands: Any) -> None:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=run_evaluate)
-    from hybrids.apps.medical.segment import add_segment_arguments, run_segment
-
     segment = verbs.add_parser(
         "segment",
         help="segment NIfTI files / DICOM series into label volumes (nnU-Net-style output folder)",
@@ -60,8 +63,6 @@ def add_parser(commands: Any) -> None:
     )
     add_segment_arguments(segment)
     segment.set_defaults(func=run_segment)
-    from hybrids.apps.medical.train import add_train_arguments, run_train
-
     train = verbs.add_parser(
         "train",
         help="train a segmentation model on a Medical Segmentation Decathlon folder (Lightning)",
@@ -94,6 +95,201 @@ def add_parser(commands: Any) -> None:
     )
     add_report_arguments(report)
     report.set_defaults(func=run_report)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="MSD dataset folder (dataset.json, imagesTr/, labelsTr/)",
+    )
+    data.add_argument("--fold", type=int, default=0, help="validation fold, nnU-Net's split (default: 0)")
+    data.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    data.add_argument(
+        "--val-cases",
+        type=int,
+        metavar="N",
+        help="validate on the first N cases of the fold only (quick runs)",
+    )
+    data.add_argument(
+        "--train-cases", type=int, metavar="N", help="train on the first N training cases of the fold only"
+    )
+    data.add_argument("--spacing", type=_floats, metavar="X,Y,Z", help="voxel size in mm (default: median)")
+    data.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default: 0)")
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "-m", "--model", required=True, help="registered model, e.g. swtr_unet or medical/hiformer_s"
+    )
+    model.add_argument("--preset", help="config preset of the model (default: the model's own)")
+    model.add_argument(
+        "--init-attention-encoder",
+        type=Path,
+        metavar="PATH",
+        help="DIAMANT: frozen ViT weights, a DINO teacher folder (model.safetensors + config.json) or an "
+        "official DINO .pth; the model takes its ViT shape and input size (repeat it with --resume)",
+    )
+    model.add_argument(
+        "--patch-size",
+        type=_ints,
+        metavar="XxYxZ",
+        help="training patch (3-D: 3 ints, 2-D: 2 ints); default: the largest case rounded up to the "
+        "model's size divisor",
+    )
+    model.add_argument(
+        "--slice-axis", type=int, default=2, choices=(0, 1, 2), help="2-D models: slice axis (2)"
+    )
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=100, help="epochs (default: %(default)s)")
+    optim.add_argument("--steps-per-epoch", type=int, default=250, help="optimiser steps per epoch (250)")
+    optim.add_argument("--batch-size", type=int, help="patches per step and device (default: 2-D 32, 3-D 4)")
+    optim.add_argument(
+        "--optimizer", choices=("adamw", "sgd"), default="adamw", help="adamw (default) or sgd"
+    )
+    optim.add_argument("--lr", type=float, help="peak learning rate (default: adamw 1e-3, sgd 1e-2)")
+    optim.add_argument("--weight-decay", type=float, help="weight decay (default: adamw 1e-2, sgd 3e-5)")
+    optim.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps (default: 50)")
+    optim.add_argument(
+        "--oversample-fg", type=float, default=1 / 3, help="forced-foreground patch share (1/3)"
+    )
+    optim.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="no spatial/intensity augmentation"
+    )
+    optim.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="dice_ce",
+        help="dice_ce (default: nnU-Net's Dice + cross-entropy), dice or ce",
+    )
+    optim.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: 1)")
+    add_run_arguments(parser, default_out="runs/medical")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 40x56x40, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 40x56x40, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.lower().replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers such as 1,1,1, got {text!r}") from None
+    if len(values) != 3 or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers such as 1,1,1, got {text!r}")
+    return values
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from hybrids.apps.medical.train import TrainConfig, train
+
+    result = train(config_from_args(TrainConfig, args))
+    if not result.is_global_zero:
+        return 0
+    if result.best is None:
+        print(f"no validation was run; last weights in {result.out / 'last'}")
+        return 0
+    dice = ", ".join(f"{k} {v:.4f}" for k, v in result.best["dice"].items())
+    print(
+        f"best mean foreground Dice {result.best['mean_dice']:.4f} at epoch {result.best['epoch']} "
+        f"(step {result.best['step']}): {dice}"
+    )
+    print(f"checkpoints: {result.out / 'best'} (best), {result.out / 'last'} (last)")
+    return 0
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        metavar="INPUT",
+        help="NIfTI files (.nii, .nii.gz), DICOM series folders, or folders of NIfTI files",
+    )
+    parser.add_argument(
+        "-i",
+        "--input",
+        dest="more_inputs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="INPUT",
+        help="another input (nnU-Net / TotalSegmentator style; may repeat)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUT",
+        help="output folder (one <case>.nii.gz per case), or a .nii.gz file for a single input",
+    )
+    parser.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help=f"built-in model name ({', '.join(sorted(BUILTIN_MODELS))}; default {DEFAULT_MODEL}) or a "
+        "model folder (model.safetensors + config.json)",
+    )
+    parser.add_argument(
+        "--weights", type=Path, metavar="PATH", help="a model folder or its model.safetensors (instead of -m)"
+    )
+    parser.add_argument(
+        "--device",
+        "-device",
+        default="auto",
+        metavar="DEV",
+        help="auto (default: CUDA if available, else CPU), cpu, cuda, cuda:N (gpu, gpu:N), mps",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over mirrorings along every spatial axis (nnU-Net's; "
+        "8x slower in 3-D, 4x in 2-D)",
+    )
+    parser.add_argument(
+        "--save-probabilities",
+        "--save_probabilities",
+        action="store_true",
+        help="also write <case>.npz with float16 class probabilities (K, X, Y, Z) in the input's grid",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        metavar="F",
+        help="overlap of neighbouring sliding windows, 0 <= F < 1 (default: the model's, usually 0.5; "
+        "nnU-Net's step size is 1 - F)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="windows (2-D models: slices) per forward pass (default: sized to the window)",
+    )
+    reject_peer_flags(
+        parser,
+        {
+            "-d": "nnU-Net's dataset flag; here the model carries its dataset: pass -m MODEL "
+            "(a built-in name or a model folder)",
+            "-c": "nnU-Net's configuration flag; a model folder holds one configuration: pass -m MODEL",
+            "-f": "nnU-Net's fold flag; a model folder holds one trained model: pass -m FOLDER",
+        },
+    )
+
+def run_segment(args: argparse.Namespace) -> int:
+    from hybrids.apps.medical.segment import SegmentConfig, segment
+
+    return segment(config_from_args(SegmentConfig, args, inputs=[*args.inputs, *args.more_inputs]))
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

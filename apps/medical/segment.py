@@ -32,7 +32,6 @@ From Python::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import time
@@ -41,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrids.apps.core.arguments import reject_peer_flags
 from hybrids.apps.core.catalog import builtin_models
 from hybrids.apps.core.errors import HybridsError, InputError
 
@@ -404,101 +402,43 @@ def write_probabilities(
     return path
 
 
-# -- the command ----------------------------------------------------------------------------------------
-def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "inputs",
-        nargs="*",
-        type=Path,
-        metavar="INPUT",
-        help="NIfTI files (.nii, .nii.gz), DICOM series folders, or folders of NIfTI files",
-    )
-    parser.add_argument(
-        "-i",
-        "--input",
-        dest="more_inputs",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="INPUT",
-        help="another input (nnU-Net / TotalSegmentator style; may repeat)",
-    )
-    parser.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        type=Path,
-        metavar="OUT",
-        help="output folder (one <case>.nii.gz per case), or a .nii.gz file for a single input",
-    )
-    parser.add_argument(
-        "-m",
-        "--model",
-        default=None,
-        metavar="MODEL",
-        help=f"built-in model name ({', '.join(sorted(BUILTIN_MODELS))}; default {DEFAULT_MODEL}) or a "
-        "model folder (model.safetensors + config.json)",
-    )
-    parser.add_argument(
-        "--weights", type=Path, metavar="PATH", help="a model folder or its model.safetensors (instead of -m)"
-    )
-    parser.add_argument(
-        "--device",
-        "-device",
-        default="auto",
-        metavar="DEV",
-        help="auto (default: CUDA if available, else CPU), cpu, cuda, cuda:N (gpu, gpu:N), mps",
-    )
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: average over mirrorings along every spatial axis (nnU-Net's; "
-        "8x slower in 3-D, 4x in 2-D)",
-    )
-    parser.add_argument(
-        "--save-probabilities",
-        "--save_probabilities",
-        action="store_true",
-        help="also write <case>.npz with float16 class probabilities (K, X, Y, Z) in the input's grid",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=float,
-        default=None,
-        metavar="F",
-        help="overlap of neighbouring sliding windows, 0 <= F < 1 (default: the model's, usually 0.5; "
-        "nnU-Net's step size is 1 - F)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="windows (2-D models: slices) per forward pass (default: sized to the window)",
-    )
-    reject_peer_flags(
-        parser,
-        {
-            "-d": "nnU-Net's dataset flag; here the model carries its dataset: pass -m MODEL "
-            "(a built-in name or a model folder)",
-            "-c": "nnU-Net's configuration flag; a model folder holds one configuration: pass -m MODEL",
-            "-f": "nnU-Net's fold flag; a model folder holds one trained model: pass -m FOLDER",
-        },
-    )
+# -- the batch ----------------------------------------------------------------------------------------
+@dataclass
+class SegmentConfig:
+    """A batch for :func:`segment` (``hybrids medical segment``): ``inputs`` (NIfTI files, DICOM series
+    folders, folders of NIfTI files), ``output`` (a folder, or one ``.nii.gz`` for a single case), the
+    model (``model``: a built-in name or a model folder; or ``weights``), and inference settings
+    (``overlap`` and ``batch_size`` default to the model's)."""
+
+    inputs: list[Path]
+    output: Path
+    model: str | None = None
+    weights: Path | None = None
+    device: str = "auto"
+    tta: bool = False
+    save_probabilities: bool = False
+    overlap: float | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.inputs = [Path(p) for p in self.inputs]
+        self.output = Path(self.output)
 
 
-def run_segment(args: argparse.Namespace) -> int:
+def segment(config: SegmentConfig) -> int:
+    """Segment every case of ``config``; a failing case does not stop the others (``InputError``
+    with a summary at the end). Returns 0."""
     from hybrids.datasets.atomic import check_output_folder, make_output_folder
     from hybrids.datasets.medical import MedicalImageError, is_nifti_path, list_cases
 
-    inputs = [*args.inputs, *args.more_inputs]
+    inputs = list(config.inputs)
     if not inputs:
         raise InputError("no INPUT given: pass NIfTI files, DICOM series folders or folders of NIfTI files")
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.model is not None and args.weights is not None:
+    if config.overlap is not None and not 0 <= config.overlap < 1:
+        raise InputError(f"--overlap must be in [0, 1), got {config.overlap}")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.model is not None and config.weights is not None:
         raise InputError("pass either -m MODEL or --weights PATH, not both")
 
     # Inputs first (cheap): every case and every input that cannot even be listed.
@@ -521,16 +461,16 @@ def run_segment(args: argparse.Namespace) -> int:
     if n_inputs == 1 and failures:
         raise InputError(failures[0])
 
-    single_file = is_nifti_path(args.output)
+    single_file = is_nifti_path(config.output)
     if single_file and n_inputs > 1:
-        raise InputError(f"-o {args.output}: a single output file takes one input case, got {n_inputs}")
+        raise InputError(f"-o {config.output}: a single output file takes one input case, got {n_inputs}")
     targets = {
-        case.name: args.output if single_file else args.output / f"{case.name}.nii.gz" for case in cases
+        case.name: config.output if single_file else config.output / f"{case.name}.nii.gz" for case in cases
     }
     for case in cases:
         target = targets[case.name]
         if target.resolve() == case.path.resolve() or (
-            args.save_probabilities and probabilities_path(target).resolve() == case.path.resolve()
+            config.save_probabilities and probabilities_path(target).resolve() == case.path.resolve()
         ):
             raise InputError(f"{case.path}: the output would overwrite this input; choose another -o")
     for message in failures:
@@ -538,13 +478,13 @@ def run_segment(args: argparse.Namespace) -> int:
     if not cases:
         raise InputError(f"none of the {n_inputs} inputs can be segmented (see the messages above)")
 
-    out_dir = args.output.parent if single_file else args.output
+    out_dir = config.output.parent if single_file else config.output
     check_output_folder(out_dir)  # before the model loads: an unwritable -o is an input error
-    segmenter = _make_segmenter(args)
+    segmenter = _make_segmenter(config)
     created = not out_dir.exists()
     make_output_folder(out_dir)
     try:
-        return _segment_cases(segmenter, cases, targets, args, failures, n_inputs, single_file)
+        return _segment_cases(segmenter, cases, targets, config, failures, n_inputs, single_file)
     finally:
         if created:  # nothing written: leave no empty output folder behind
             with contextlib.suppress(OSError):
@@ -555,7 +495,7 @@ def _segment_cases(
     segmenter: Segmenter,
     cases: list,
     targets: dict[str, Path],
-    args: argparse.Namespace,
+    config: SegmentConfig,
     failures: list[str],
     n_inputs: int,
     single_file: bool,
@@ -570,7 +510,7 @@ def _segment_cases(
         level = logging.INFO if len(cases) > 1 else logging.DEBUG
         logger.log(level, "Segmenting %s (%d/%d)", case.path, index, len(cases))
         try:
-            seconds = _segment_case(segmenter, case, targets[case.name], args)
+            seconds = _segment_case(segmenter, case, targets[case.name], config)
             done += 1
             logger.debug("%s: %.2f s", case.name, seconds)
         except (HybridsError, MedicalImageError, OutputError) as exc:
@@ -579,7 +519,7 @@ def _segment_cases(
             failures.append(str(exc))
             logger.error("%s", exc)
     if done:
-        where = args.output if single_file else args.output.resolve()
+        where = config.output if single_file else config.output.resolve()
         logger.info(
             "Label volume%s of %d case%s written to %s",
             "s" if done > 1 else "",
@@ -592,25 +532,25 @@ def _segment_cases(
     return 0
 
 
-def _make_segmenter(args: argparse.Namespace) -> Segmenter:
+def _make_segmenter(config: SegmentConfig) -> Segmenter:
     from hybrids.apps.core.errors import CheckpointError
 
     try:
         return Segmenter(
-            args.model,
-            weights=args.weights,
-            device=args.device,
-            tta=args.tta,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
+            config.model,
+            weights=config.weights,
+            device=config.device,
+            tta=config.tta,
+            overlap=config.overlap,
+            batch_size=config.batch_size,
         )
     except CheckpointError:
         raise
     except (KeyError, TypeError) as exc:  # a config.json that does not fit the model's config class
-        raise InputError(f"{args.weights or args.model}: model config does not fit ({exc})") from None
+        raise InputError(f"{config.weights or config.model}: model config does not fit ({exc})") from None
 
 
-def _segment_case(segmenter: Segmenter, case: Any, target: Path, args: argparse.Namespace) -> float:
+def _segment_case(segmenter: Segmenter, case: Any, target: Path, config: SegmentConfig) -> float:
     from hybrids.apps.core.progress import progress_bar
     from hybrids.datasets.medical import load_volume
 
@@ -618,6 +558,6 @@ def _segment_case(segmenter: Segmenter, case: Any, target: Path, args: argparse.
     volume = load_volume(case.path)
     with progress_bar(total=segmenter.windows(volume), desc=case.name, unit="window") as bar:
         segmenter.segment_volume(
-            volume, target, save_probabilities=args.save_probabilities, progress=bar.update
+            volume, target, save_probabilities=config.save_probabilities, progress=bar.update
         )
     return time.perf_counter() - started

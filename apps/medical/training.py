@@ -1,18 +1,12 @@
 """The Lightning side of ``hybrids medical train``: preprocessing cache, patch sampling,
-augmentations, the ``SegmentationModule``, ``MedicalDataModule``, the checkpoint callback and
-``train(args)``. ``hybrids.apps.medical.train`` (the command) re-exports these names lazily, so that
-building the command line imports neither torch nor Lightning. See that module for the recipe.
+augmentations, the losses, the ``SegmentationModule`` and the ``MedicalDataModule``. The run itself is
+``hybrids.apps.medical.train.train`` (its docstring gives the recipe) on the shared training core.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import os
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.lightning_hooks import ThreadsHooks, TrainingClock
+from hybrids.apps.core.lightning_hooks import TrainingClock
 from hybrids.apps.medical.preprocessing import Preprocessing, normalize_intensity, spatial_transforms_dict
-from hybrids.apps.medical.train import HISTORY_NAME, RESUME_NAME, check_args
 from hybrids.datasets.medical import MedicalImageError, load_label_volume, load_volume, read_nifti_geometry
 from hybrids.datasets.msd import (
-    NNUNET_SPLIT,
     MSDCase,
     MSDDataset,
-    MSDError,
-    kfold_split,
-    names_digest,
-    read_msd_dataset,
 )
 
 logger = logging.getLogger("hybrids.medical.train")
@@ -364,8 +352,29 @@ def predict_case(
     return predict_probabilities(model, image, settings, batch_size=batch_size)
 
 
+# -- losses ------------------------------------------------------------------------------------------------
+def make_loss(name: str) -> nn.Module:
+    """``dice_ce`` (nnU-Net's: soft Dice over the batch on the foreground classes + cross-entropy
+    over all classes), ``dice`` or ``ce``; each takes logits ``(B, K, *spatial)`` and labels
+    ``(B, 1, *spatial)``."""
+    from monai.losses import DiceCELoss, DiceLoss
+
+    if name == "dice_ce":
+        return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    if name == "dice":
+        return DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    if name == "ce":
+        return _CrossEntropy()
+    raise InputError(f"unknown segmentation loss {name!r} (dice_ce, dice or ce)")
+
+
+class _CrossEntropy(nn.Module):
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, labels[:, 0].long())
+
+
 # -- the Lightning module -------------------------------------------------------------------------------
-class SegmentationModule(ThreadsHooks, TrainingClock, L.LightningModule):
+class SegmentationModule(TrainingClock, L.LightningModule):
     """Wraps a segmentation model (``self.model``, a plain ``nn.Module``) for training."""
 
     def __init__(
@@ -381,25 +390,20 @@ class SegmentationModule(ThreadsHooks, TrainingClock, L.LightningModule):
         warmup_steps: int = 50,
         total_steps: int = 1000,
         max_seconds: float | None = None,
-        threads: int | None = None,
+        loss: str = "dice_ce",
     ):
         super().__init__()
-        from monai.losses import DiceCELoss
-
         self.model = model
         self.valid_cases = list(valid_cases)
         self.inference = dict(inference or {})
         self.label_names = dict(label_names or {c: f"label {c}" for c in range(1, model.num_classes)})
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_steps, self.total_steps, self.max_seconds = warmup_steps, total_steps, max_seconds
-        self.threads = threads
-        # soft Dice over the batch (nnU-Net's batch Dice), foreground classes; CE over all classes
-        self.loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+        self.loss = make_loss(loss)
         self.train_seconds = 0.0  # training time of earlier runs (restored on --resume)
         self._start: float | None = None
         self._losses: list[float] = []
         self._rows: list[torch.Tensor] = []
-        self._threads_before: int | None = None
 
     # training ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -488,119 +492,6 @@ class SegmentationModule(ThreadsHooks, TrainingClock, L.LightningModule):
         }
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become ``null`` (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-class SegmentationCheckpoint(L.Callback):
-    """After each validation: ``DIR/last`` and, when the mean foreground Dice is the best so far,
-    ``DIR/best`` (``save_checkpoint``: safetensors + config.json with ``extra``), ``history.json``
-    and one printed line; after each epoch ``DIR/resume.ckpt`` (Lightning's resumable state)."""
-
-    def __init__(
-        self, directory: str | Path, extra: dict[str, Any], *, steps_per_epoch: int, print_lines: bool = True
-    ):
-        self.directory = Path(directory)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.extra = extra
-        self.print_lines = print_lines
-        self.best: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
-        self._epoch_start = time.monotonic()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": json.dumps(self.best), "history": json.dumps(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = json.loads(state_dict.get("best", "null"))
-        self.history = json.loads(state_dict.get("history", "[]"))
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._epoch_start = time.monotonic()
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: SegmentationModule) -> None:
-        if trainer.sanity_checking:
-            return
-        scores = module.validation_scores()
-        if scores is None:
-            return
-        record = {  # the epoch the last step belongs to (also after the loop ended or stopped)
-            "epoch": max(0, math.ceil(trainer.global_step / self.steps_per_epoch) - 1),
-            "step": trainer.global_step,
-            "train_loss": module.epoch_loss(),
-            **scores,
-            "seconds": round(module.elapsed(), 1),
-        }
-        if self.history and self.history[-1]["step"] == record["step"]:
-            return  # the same weights validated twice (the final validation after a stop)
-        module.log("val_mean_dice", scores["mean_dice"], batch_size=1, rank_zero_only=True)
-        self.history.append(record)
-        improved = self.best is None or (
-            not math.isnan(scores["mean_dice"]) and not scores["mean_dice"] <= self.best["mean_dice"]
-        )
-        if improved:
-            self.best = record
-        if not trainer.is_global_zero:
-            return
-        from hybrids.apps.core.checkpoint import save_checkpoint
-        from hybrids.datasets.atomic import atomic_write_text
-
-        extra = _json_safe(self._extra(record))
-        save_checkpoint(module.model, self.directory / "last", extra=extra)
-        if improved:
-            save_checkpoint(module.model, self.directory / "best", extra=extra)
-        atomic_write_text(
-            self.directory / HISTORY_NAME, json.dumps(_json_safe(self.history), indent=2) + "\n"
-        )
-        if self.print_lines:
-            dice = " ".join(f"{k} {v:.4f}" for k, v in scores["dice"].items())
-            print(
-                f"epoch {record['epoch']:>3} step {record['step']:>6}: loss {record['train_loss']:.4f}, "
-                f"val Dice {dice} mean {scores['mean_dice']:.4f}{' (best)' if improved else ''}, "
-                f"epoch {time.monotonic() - self._epoch_start:.0f} s, total {record['seconds'] / 60:.1f} min",
-                flush=True,
-            )
-
-    def _extra(self, record: dict[str, Any]) -> dict[str, Any]:
-        training = dict(self.extra.get("training", {}))
-        training.update(
-            {
-                "epoch": record["epoch"],
-                "step": record["step"],
-                "train_seconds": record["seconds"],
-                "validation_dice": record["dice"],
-                "validation_mean_dice": record["mean_dice"],
-                "validation_cases_scored": record["cases"],
-            }
-        )
-        return {**self.extra, "training": training}
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        path = self.directory / RESUME_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
-        if (
-            trainer.is_global_zero
-            and self.print_lines
-            and (trainer.current_epoch + 1) % max(1, trainer.check_val_every_n_epoch or 1)
-        ):
-            print(
-                f"epoch {trainer.current_epoch:>3} step {trainer.global_step:>6}: loss "
-                f"{module.epoch_loss():.4f}, "
-                f"epoch {time.monotonic() - self._epoch_start:.0f} s",
-                flush=True,
-            )
-
-
 # -- building the model -----------------------------------------------------------------------------
 def build_model(name: str, preset: str | None, *, in_channels: int, num_classes: int) -> nn.Module:
     """``create_model`` of a medical model with the dataset's channels and classes."""
@@ -640,186 +531,3 @@ def default_patch(
     if spatial_dims == 2:
         largest = [n for a, n in enumerate(largest) if a != slice_axis]
     return tuple(_round_up(n, divisor) for n in largest)
-
-
-def _log_version(out: Path, resume: bool) -> str:
-    """Lightning's ``metrics.csv`` goes to ``OUT`` (``OUT/resumed_N`` for the N-th ``--resume``, so
-    that the earlier metrics are kept)."""
-    if not resume:
-        return ""
-    n = 1
-    while (out / f"resumed_{n}").exists():
-        n += 1
-    return f"resumed_{n}"
-
-
-@dataclass
-class TrainResult:
-    module: SegmentationModule
-    history: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    out: Path
-    is_global_zero: bool = True
-
-
-def _quiet_lightning(verbose: int) -> None:
-    import warnings
-
-    level = logging.INFO if verbose else logging.WARNING
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(level)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-
-
-def train(args: argparse.Namespace) -> TrainResult:
-    """Run ``hybrids medical train`` (see ``hybrids.apps.medical.train``); every process returns."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    check_args(args)
-    _quiet_lightning(getattr(args, "verbose", 0))
-    devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    try:
-        dataset = read_msd_dataset(args.data)
-        train_names, valid_names = kfold_split(dataset.case_names, args.fold, args.folds)
-    except MSDError as exc:
-        raise InputError(str(exc)) from None
-    if args.train_cases:
-        train_names = train_names[: args.train_cases]
-    scored_names = valid_names[: args.val_cases] if args.val_cases else valid_names
-    model = build_model(
-        args.model, args.preset, in_channels=dataset.in_channels, num_classes=dataset.num_classes
-    )
-    if getattr(args, "init_attention_encoder", None):
-        if not hasattr(model, "load_attention_encoder"):
-            raise InputError(f"--init-attention-encoder: {args.model} has no attention encoder (DIAMANT has)")
-        model.load_attention_encoder(args.init_attention_encoder)
-    dims, divisor = int(model.spatial_dims), int(getattr(model, "size_divisor", 1) or 1)
-    if args.patch_size is not None:
-        if len(args.patch_size) != dims:
-            raise InputError(f"--patch-size: a {dims}-D model needs {dims} sizes, got {len(args.patch_size)}")
-        bad = [p for p in args.patch_size if p % divisor]
-        if bad:
-            raise InputError(f"--patch-size: sizes must be multiples of {divisor} (the model's), got {bad}")
-    train_set = [dataset.case(n) for n in train_names]
-    prep = default_preprocessing(dataset, train_set, args.spacing)
-    started = time.monotonic()
-    train_cases = [preprocess_case(c, prep) for c in train_set]
-    valid_cases = [preprocess_case(dataset.case(n), prep) for n in scored_names]
-    logger.info(
-        "preprocessed %d cases in %.1f s", len(train_cases) + len(valid_cases), time.monotonic() - started
-    )
-    patch = (
-        tuple(args.patch_size)
-        if args.patch_size
-        else default_patch([c.shape for c in train_cases], dims, divisor, args.slice_axis)
-    )
-    batch_size = args.batch_size or (32 if dims == 2 else 4)
-    optimizer = args.optimizer
-    lr = args.lr or (1e-2 if optimizer == "sgd" else 1e-3)
-    weight_decay = (
-        args.weight_decay if args.weight_decay is not None else (3e-5 if optimizer == "sgd" else 1e-2)
-    )
-    threads = args.threads
-    if threads is None and args.accelerator in ("cpu", "auto") and not torch.cuda.is_available():
-        processes = devices if isinstance(devices, int) and devices > 0 else 1
-        threads = max(1, (os.cpu_count() or 1) // processes)
-    settings = inference_settings(dims, patch, args.slice_axis)
-    data = MedicalDataModule(
-        train_cases,
-        valid_cases,
-        patch=patch,
-        spatial_dims=dims,
-        batch_size=batch_size,
-        steps_per_epoch=args.steps_per_epoch,
-        slice_axis=args.slice_axis,
-        oversample_fg=args.oversample_fg,
-        augment=args.augment,
-        num_workers=args.num_workers,
-        seed=args.seed,
-    )
-    module = SegmentationModule(
-        model,
-        valid_cases=valid_cases,
-        inference=settings,
-        label_names={k: v for k, v in dataset.labels.items() if k > 0},
-        optimizer=optimizer,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_steps=args.warmup_steps,
-        total_steps=args.epochs * args.steps_per_epoch,
-        max_seconds=args.max_time * 60 if args.max_time else None,
-        threads=threads,
-    )
-    extra = {
-        "labels": dataset.labels_json(),
-        "inference": settings,
-        "training": {
-            "data": Path(args.data).name,
-            "dataset": dataset.name,
-            "dataset_licence": dataset.licence,
-            "dataset_reference": dataset.reference,
-            "fold": args.fold,
-            "folds": args.folds,
-            "split": NNUNET_SPLIT,
-            "train_cases": len(train_names),
-            "validation_cases": scored_names,
-            "fold_validation_cases": len(valid_names),
-            "validation_cases_sha256": names_digest(valid_names),
-            "epochs": args.epochs,
-            "steps_per_epoch": args.steps_per_epoch,
-            "batch_size": batch_size,
-            "patch_size": list(patch),
-            "optimizer": optimizer,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "augment": args.augment,
-            "oversample_fg": args.oversample_fg,
-            "max_time_minutes": args.max_time,
-            "seed": args.seed,
-            "command": " ".join(["hybrids", *sys.argv[1:]]) if sys.argv else "",
-        },
-    }
-    model.preprocessing = prep.to_dict()
-    quiet = getattr(args, "quiet", 0) > 0
-    checkpoint = SegmentationCheckpoint(
-        args.out, extra, steps_per_epoch=args.steps_per_epoch, print_lines=not quiet
-    )
-    trainer = L.Trainer(
-        accelerator=args.accelerator,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=args.precision,
-        max_epochs=args.epochs,
-        max_time={"seconds": args.max_time * 60} if args.max_time else None,
-        limit_train_batches=args.steps_per_epoch,
-        check_val_every_n_epoch=args.val_every,
-        num_sanity_val_steps=0,
-        gradient_clip_val=12.0,
-        callbacks=[checkpoint],
-        logger=CSVLogger(args.out, name="", version=_log_version(Path(args.out), args.resume)),
-        enable_checkpointing=False,
-        enable_progress_bar=not quiet and sys.stderr.isatty(),
-        enable_model_summary=False,
-        log_every_n_steps=min(50, args.steps_per_epoch),
-        default_root_dir=args.out,
-        use_distributed_sampler=True,
-    )
-    logger.info(
-        "training %s (%d parameters, %d-D, patch %s, batch %d) on %d cases, validating on %d",
-        model.model_name,
-        sum(p.numel() for p in model.parameters()),
-        dims,
-        "x".join(map(str, patch)),
-        batch_size,
-        len(train_cases),
-        len(valid_cases),
-    )
-    ckpt = Path(args.out) / RESUME_NAME if args.resume else None
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    if valid_cases and (not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step):
-        trainer.validate(module, datamodule=data, verbose=False)  # the stopping point
-    return TrainResult(module, checkpoint.history, checkpoint.best, Path(args.out), trainer.is_global_zero)

@@ -7,6 +7,7 @@ import pytest
 
 from hybrids.datasets.atomic import (
     OutputError,
+    atomic_write_folder,
     atomic_write_path,
     atomic_write_text,
     check_output_folder,
@@ -95,3 +96,26 @@ def test_read_only_folder_as_an_unprivileged_user(unprivileged):
     assert f"check: {read_only / 'sub'}: cannot write there ({read_only} is not writable)" in result.stdout
     assert f"write: {read_only / 'x.txt'}: cannot write (Permission denied)" in result.stdout
     assert list(read_only.iterdir()) == []
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    dest = tmp_path / "best"
+    with pytest.raises(KeyboardInterrupt), atomic_write_folder(dest) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt  # Ctrl-C while writing the first checkpoint: no empty best/
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write_folder(dest) as tmp:
+        (tmp / "a").write_text("1")
+        (tmp / "b").write_text("1")
+    old_mask = os.umask(0o022)
+    os.umask(old_mask)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~old_mask
+    with pytest.raises(RuntimeError), atomic_write_folder(dest) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert (dest / "a").read_text() == "1" and (dest / "b").read_text() == "1"
+    with atomic_write_folder(dest) as tmp:
+        (tmp / "a").write_text("3")
+    assert sorted(p.name for p in dest.iterdir()) == ["a"] and (dest / "a").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

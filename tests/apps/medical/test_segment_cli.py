@@ -260,6 +260,15 @@ def test_python_api(models, hippo):
     assert prediction.probabilities is not None and prediction.probabilities.dtype == np.float16
 
 
+def test_batch_from_python_with_a_config(models, hippo, tmp_path):
+    from hybrids.apps.medical.segment import SegmentConfig, segment
+
+    config = SegmentConfig([hippo["label"]], tmp_path / "out", model=str(models[3]), device="cpu")
+    assert segment(config) == 0
+    written = nib.load(str(tmp_path / "out" / f"{CASE}.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(written, nib.load(str(hippo["label"])).get_fdata())
+
+
 # -- bad inputs ---------------------------------------------------------------------------------------------
 def _bad_inputs(root: Path, hippo: dict[str, Path]) -> dict[str, tuple[Path, str]]:
     root.mkdir(parents=True, exist_ok=True)
