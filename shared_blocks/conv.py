@@ -1,4 +1,4 @@
-"""Convolution blocks for 1-, 2- and 3-D inputs (MONAI-style ``spatial_dims`` factories).
+"""Convolution blocks for 1-, 2- and 3-D inputs, built with :mod:`hybrids.shared_blocks.factories`.
 
 Inputs are channels-first ``(b, c, *spatial)`` with ``len(spatial) == spatial_dims``.
 """
@@ -9,81 +9,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from hybrids.shared_blocks.norms import ChannelLayerNorm
+from hybrids.shared_blocks.factories import act_layer, as_tuple, check_spatial_dims, conv_layer, norm_layer
 
-__all__ = [
-    "ACTS",
-    "NORMS",
-    "BottleneckBlock",
-    "ConvNormAct",
-    "ResidualBlock",
-    "conv_nd",
-    "make_act",
-    "make_norm",
-]
-
-NORMS = ("batch", "instance", "group", "layer")
-ACTS = ("relu", "leakyrelu", "gelu", "silu")
-
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_BATCH = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_INSTANCE = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
-
-
-def _check_spatial_dims(spatial_dims: int) -> None:
-    if spatial_dims not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-
-
-def conv_nd(spatial_dims: int) -> type[nn.Module]:
-    """``1 | 2 | 3 -> nn.Conv1d | nn.Conv2d | nn.Conv3d`` (the class, not an instance)."""
-    _check_spatial_dims(spatial_dims)
-    return _CONV[spatial_dims]
-
-
-def make_norm(norm: str | None, num_channels: int, spatial_dims: int, num_groups: int = 8) -> nn.Module:
-    """Channels-first norm for ``(b, num_channels, *spatial)``.
-
-    ``"batch"``: BatchNormNd; ``"instance"``: InstanceNormNd with affine parameters; ``"group"``:
-    GroupNorm(``num_groups``) (Wu & He 2018; ``num_groups`` must divide the channels); ``"layer"``:
-    LayerNorm over channels at each position (:class:`ChannelLayerNorm`); ``None``: identity.
-    """
-    _check_spatial_dims(spatial_dims)
-    if norm is None:
-        return nn.Identity()
-    if norm == "batch":
-        return _BATCH[spatial_dims](num_channels)
-    if norm == "instance":
-        return _INSTANCE[spatial_dims](num_channels, affine=True)
-    if norm == "group":
-        if num_groups <= 0 or num_channels % num_groups != 0:
-            raise ValueError(f"group norm: num_groups ({num_groups}) must divide channels ({num_channels})")
-        return nn.GroupNorm(num_groups, num_channels)
-    if norm == "layer":
-        return ChannelLayerNorm(num_channels)
-    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS} or None")
-
-
-def make_act(act: str | None) -> nn.Module:
-    """``"relu" | "leakyrelu" (slope 0.01) | "gelu" | "silu" | None`` -> activation module."""
-    if act is None:
-        return nn.Identity()
-    if act == "relu":
-        return nn.ReLU()
-    if act == "leakyrelu":
-        return nn.LeakyReLU(0.01)
-    if act == "gelu":
-        return nn.GELU()
-    if act == "silu":
-        return nn.SiLU()
-    raise ValueError(f"unknown act {act!r}; expected one of {ACTS} or None")
-
-
-def _tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != n:
-        raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
-    return out
+__all__ = ["BottleneckBlock", "ConvNormAct", "ResidualBlock"]
 
 
 class ConvNormAct(nn.Sequential):
@@ -91,7 +19,9 @@ class ConvNormAct(nn.Sequential):
 
     Submodules ``conv``, ``norm``, ``act``, ``drop``. ``padding=None`` means ``dilation * (k - 1) // 2``
     per dim ("same" size for odd kernels at stride 1). ``bias=None`` puts a bias on the conv only when
-    no norm follows. See :func:`make_norm` and :func:`make_act` for the choices.
+    no norm follows. ``norm`` and ``act`` are names of :func:`~hybrids.shared_blocks.factories.norm_layer`
+    (channels-first: ``"batch"``, ``"instance"``, ``"group"``, ``"layer"``) and
+    :func:`~hybrids.shared_blocks.factories.act_layer` (``"relu"``, ``"leakyrelu"``, ``"gelu"``, ``"silu"``).
     """
 
     def __init__(
@@ -111,33 +41,33 @@ class ConvNormAct(nn.Sequential):
         dropout: float = 0.0,
         num_groups: int = 8,
     ) -> None:
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         if in_ch <= 0 or out_ch <= 0:
             raise ValueError(f"ConvNormAct: channels must be positive, got in_ch={in_ch}, out_ch={out_ch}")
         if groups <= 0 or in_ch % groups or out_ch % groups:
             raise ValueError(f"ConvNormAct: groups ({groups}) must divide in_ch ({in_ch}), out_ch ({out_ch})")
-        kernel = _tuple(kernel_size, spatial_dims, "kernel_size")
-        dil = _tuple(dilation, spatial_dims, "dilation")
+        kernel = as_tuple(kernel_size, spatial_dims, "kernel_size")
+        dil = as_tuple(dilation, spatial_dims, "dilation")
         if padding is None:
             padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dil))
-        pad = _tuple(padding, spatial_dims, "padding")
+        pad = as_tuple(padding, spatial_dims, "padding")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ConvNormAct: dropout must be in [0, 1), got {dropout}")
-        norm_layer = make_norm(norm, out_ch, spatial_dims, num_groups)
-        act_layer = make_act(act)
+        norm_module = norm_layer(norm, out_ch, spatial_dims, num_groups=num_groups)
+        act_module = act_layer(act)
         super().__init__()
-        self.conv = conv_nd(spatial_dims)(
+        self.conv = conv_layer(spatial_dims)(
             in_ch,
             out_ch,
             kernel,
-            stride=_tuple(stride, spatial_dims, "stride"),
+            stride=as_tuple(stride, spatial_dims, "stride"),
             padding=pad,
             dilation=dil,
             groups=groups,
             bias=(norm is None) if bias is None else bias,
         )
-        self.norm = norm_layer
-        self.act = act_layer
+        self.norm = norm_module
+        self.act = act_module
         self.drop = nn.Dropout(dropout)
 
 
@@ -168,7 +98,7 @@ class ResidualBlock(nn.Module):
             if stride != 1 or in_ch != out_ch
             else nn.Identity()
         )
-        self.act = make_act(act)
+        self.act = act_layer(act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
@@ -208,7 +138,7 @@ class BottleneckBlock(nn.Module):
             if stride != 1 or in_ch != out_ch
             else nn.Identity()
         )
-        self.act = make_act(act)
+        self.act = act_layer(act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x))

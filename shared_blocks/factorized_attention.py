@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from hybrids.kernels.attention.factorized import COMBINES, MODES, axis_mean_pool, factorized_attention
 from hybrids.kernels.rope import apply_rope, rope_cos_sin
+from hybrids.shared_blocks.factories import check_spatial_dims
 
 __all__ = ["AxisReducer", "FactorizedAttention"]
 
@@ -102,8 +103,7 @@ class FactorizedAttention(nn.Module):
         rope_base: float = 10000.0,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"FactorizedAttention: spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_spatial_dims(spatial_dims, (2, 3))
         if mode not in MODES:
             raise ValueError(f"FactorizedAttention: unknown mode {mode!r}; expected one of {MODES}")
         if combine not in COMBINES:

@@ -5,27 +5,17 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["ACTIVATIONS", "Mlp", "SwiGLU", "make_activation"]
+from hybrids.shared_blocks.factories import act_layer
 
-ACTIVATIONS = ("gelu", "relu", "silu")
-
-
-def make_activation(name: str) -> nn.Module:
-    """``"gelu" | "relu" | "silu"`` -> a fresh activation module (exact, erf-based GELU)."""
-    if name == "gelu":
-        return nn.GELU()
-    if name == "relu":
-        return nn.ReLU()
-    if name == "silu":
-        return nn.SiLU()
-    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+__all__ = ["Mlp", "SwiGLU"]
 
 
 class Mlp(nn.Module):
     """Position-wise feed-forward network (Vaswani et al. 2017, Sec. 3.3), timm's ``fc1``/``fc2`` naming.
 
     ``(..., dim) -> (..., out_dim)``: ``drop(fc2(drop(act(fc1(x)))))``; ``hidden_dim`` defaults to
-    ``4 * dim`` and ``out_dim`` to ``dim``.
+    ``4 * dim`` and ``out_dim`` to ``dim``; ``activation`` is a name of
+    :func:`~hybrids.shared_blocks.factories.act_layer` (exact GELU by default).
     """
 
     def __init__(
@@ -43,7 +33,7 @@ class Mlp(nn.Module):
         if min(dim, hidden_dim, out_dim) <= 0:
             raise ValueError(f"Mlp: dims must be positive, got dim={dim}, hidden={hidden_dim}, out={out_dim}")
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = make_activation(activation)
+        self.act = act_layer(activation)
         self.fc2 = nn.Linear(hidden_dim, out_dim, bias=bias)
         self.drop = nn.Dropout(dropout)
 

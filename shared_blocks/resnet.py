@@ -18,16 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from hybrids.shared_blocks.conv import conv_nd, make_norm
+from hybrids.shared_blocks.factories import check_spatial_dims, conv_layer, norm_layer, pool_layer
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "adapt_first_conv", "resnet18", "resnet34", "resnet50"]
 
-_MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_AVGPOOL = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
-
 
 def _conv(spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Module:
-    return conv_nd(spatial_dims)(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+    return conv_layer(spatial_dims)(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
 
 
 class BasicBlock(nn.Module):
@@ -40,10 +37,10 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = _conv(spatial_dims, cin, planes, 3, stride)
-        self.bn1 = make_norm(norm, planes, spatial_dims)
+        self.bn1 = norm_layer(norm, planes, spatial_dims)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv(spatial_dims, planes, planes, 3)
-        self.bn2 = make_norm(norm, planes, spatial_dims)
+        self.bn2 = norm_layer(norm, planes, spatial_dims)
         self.downsample = _downsample(spatial_dims, cin, planes, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -64,11 +61,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = _conv(spatial_dims, cin, planes, 1)
-        self.bn1 = make_norm(norm, planes, spatial_dims)
+        self.bn1 = norm_layer(norm, planes, spatial_dims)
         self.conv2 = _conv(spatial_dims, planes, planes, 3, stride)
-        self.bn2 = make_norm(norm, planes, spatial_dims)
+        self.bn2 = norm_layer(norm, planes, spatial_dims)
         self.conv3 = _conv(spatial_dims, planes, cout, 1)
-        self.bn3 = make_norm(norm, cout, spatial_dims)
+        self.bn3 = norm_layer(norm, cout, spatial_dims)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(spatial_dims, cin, cout, stride, norm)
 
@@ -82,7 +79,7 @@ class Bottleneck(nn.Module):
 def _downsample(spatial_dims: int, cin: int, cout: int, stride: int, norm: str) -> nn.Module | None:
     if stride == 1 and cin == cout:
         return None
-    return nn.Sequential(_conv(spatial_dims, cin, cout, 1, stride), make_norm(norm, cout, spatial_dims))
+    return nn.Sequential(_conv(spatial_dims, cin, cout, 1, stride), norm_layer(norm, cout, spatial_dims))
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -117,8 +114,7 @@ class ResNet(nn.Module):
         super().__init__()
         if block not in _BLOCKS:
             raise ValueError(f"block must be one of {', '.join(_BLOCKS)}, got {block!r}")
-        if spatial_dims not in _MAXPOOL:
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        check_spatial_dims(spatial_dims, (2, 3))
         if not 1 <= num_stages <= len(layers) or any(int(n) < 1 for n in layers):
             raise ValueError(
                 f"need 1 <= num_stages <= len(layers) and layers >= 1, got {num_stages}, {layers}"
@@ -127,12 +123,12 @@ class ResNet(nn.Module):
             raise ValueError("in_channels and base_width must be >= 1, stem_stride 1 or 2, stem_kernel odd")
         block_cls = _BLOCKS[block]
         self.spatial_dims = spatial_dims
-        self.conv1 = conv_nd(spatial_dims)(
+        self.conv1 = conv_layer(spatial_dims)(
             in_channels, base_width, stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False
         )
-        self.bn1 = make_norm(norm, base_width, spatial_dims)
+        self.bn1 = norm_layer(norm, base_width, spatial_dims)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = _MAXPOOL[spatial_dims](3, stride=2, padding=1) if maxpool else nn.Identity()
+        self.maxpool = pool_layer("max", spatial_dims)(3, stride=2, padding=1) if maxpool else nn.Identity()
         channels, stride = base_width, stem_stride
         self.feature_channels = [base_width]
         self.feature_strides = [stem_stride]
@@ -152,7 +148,7 @@ class ResNet(nn.Module):
         self.num_stages = num_stages
         self.out_channels = channels
         if num_classes is not None:
-            self.avgpool = _AVGPOOL[spatial_dims](1)
+            self.avgpool = pool_layer("adaptive_avg", spatial_dims)(1)
             self.fc = nn.Linear(channels, num_classes)
         self.num_classes = num_classes
         self._init_weights()

@@ -6,13 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from hybrids.shared_blocks.attention import MultiHeadAttention
-from hybrids.shared_blocks.mlp import ACTIVATIONS, Mlp, SwiGLU
-from hybrids.shared_blocks.norms import RMSNorm
+from hybrids.shared_blocks.factories import ACTIVATIONS, norm_layer
+from hybrids.shared_blocks.mlp import Mlp, SwiGLU
 
 __all__ = ["LayerScale", "TransformerCrossLayer", "TransformerEncoderLayer"]
 
 MLPS = (*ACTIVATIONS, "swiglu")
-NORMS = ("layernorm", "rmsnorm")
 
 
 class LayerScale(nn.Module):
@@ -27,14 +26,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
-
-
-def _make_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=eps)
-    if kind == "rmsnorm":
-        return RMSNorm(dim, eps=eps)
-    raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
 
 
 def _make_mlp(kind: str, dim: int, mlp_ratio: float, dropout: float) -> nn.Module:
@@ -63,8 +54,8 @@ class _ResidualLayerBase(nn.Module):
         dropout: float,
     ) -> None:
         self.norm_first = norm_first
-        self.norm1 = _make_norm(norm, dim, norm_eps)
-        self.norm2 = _make_norm(norm, dim, norm_eps)
+        self.norm1 = norm_layer(norm, dim, eps=norm_eps)
+        self.norm2 = norm_layer(norm, dim, eps=norm_eps)
         self.mlp = _make_mlp(mlp, dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
         self.ls1: nn.Module = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
@@ -182,7 +173,7 @@ class TransformerCrossLayer(_ResidualLayerBase):
             dropout=attn_dropout,
         )
         self._build_common(dim, mlp, mlp_ratio, norm, norm_eps, norm_first, layer_scale, dropout)
-        self.norm_context = _make_norm(norm, kv_dim, norm_eps) if norm_first else nn.Identity()
+        self.norm_context = norm_layer(norm, kv_dim, eps=norm_eps) if norm_first else nn.Identity()
 
     def forward(
         self,

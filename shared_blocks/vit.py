@@ -25,14 +25,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hybrids.shared_blocks.attention import MultiHeadAttention
+from hybrids.shared_blocks.drop_path import drop_path_or_identity
 from hybrids.shared_blocks.mlp import Mlp
-from hybrids.shared_blocks.window_attention import DropPath
 
 __all__ = [
     "VIT_CONFIGS",
     "PatchEmbed",
     "VisionTransformer",
-    "ViTAttention",
     "ViTBlock",
     "resize_pos_embed",
     "vit_base",
@@ -79,36 +79,15 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class ViTAttention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection: ``(b, n, D) -> (b, n, D)``.
-
-    ``forward(x, return_attention=True)`` also returns the softmax probabilities ``(b, heads, n, n)``
-    (computed explicitly); otherwise SDPA runs and no ``n x n`` matrix is kept.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"ViTAttention: dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        if return_attention:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = attn @ v
-        else:
-            attn = None
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d)), attn
-
-
 class ViTBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``; ``(b, n, D)``."""
+    """Pre-norm transformer block (timm's ``Block``, as DINO's ViT and HiFormer's DLF use it): ``(b, n, D)``,
+    ``x + drop_path(attn(norm1(x)))`` then ``x + drop_path(mlp(norm2(x)))`` (GELU MLP).
+
+    ``attn`` is a :class:`~hybrids.shared_blocks.attention.MultiHeadAttention` with the fused layout
+    (``attn.qkv``, ``attn.proj``). ``eps``: LayerNorm epsilon (DINO 1e-6, timm's default 1e-5); ``drop``:
+    dropout after the attention projection and in the MLP; ``attn_drop``: on the attention probabilities.
+    ``forward(x, return_attention=True)`` returns ``(x, probs (b, heads, n, n))``.
+    """
 
     def __init__(
         self,
@@ -118,16 +97,25 @@ class ViTBlock(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         eps: float = 1e-6,
+        *,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = ViTAttention(dim, num_heads, qkv_bias=qkv_bias)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.attn = MultiHeadAttention(
+            dim, num_heads, qkv_bias=qkv_bias, dropout=attn_drop, proj_dropout=drop, layout="fused"
+        )
+        self.drop_path = drop_path_or_identity(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, hidden_dim=int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, hidden_dim=int(dim * mlp_ratio), dropout=drop)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        y, attn = self.attn(self.norm1(x), return_attention=return_attention)
+        attn = None
+        if return_attention:
+            y, attn = self.attn(self.norm1(x), return_attention=True)
+        else:
+            y = self.attn(self.norm1(x))
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return (x, attn) if return_attention else x

@@ -38,55 +38,11 @@ from hybrids.kernels.attention.window import (
     window_merge,
     window_partition,
 )
+from hybrids.shared_blocks.drop_path import drop_path_or_identity
+from hybrids.shared_blocks.factories import as_tuple, check_spatial_dims
 from hybrids.shared_blocks.mlp import Mlp
 
-__all__ = ["DropPath", "PatchMerging", "SwinTransformerBlock", "WindowAttention", "drop_path"]
-
-
-def _check_spatial_dims(spatial_dims: int) -> None:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-
-
-def _tuple(value: int | Sequence[int], n: int, name: str, minimum: int) -> tuple[int, ...]:
-    values = (value,) * n if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(values) != n or any(v < minimum for v in values):
-        raise ValueError(f"{name} must be an int or {n} ints >= {minimum}, got {value!r}")
-    return values
-
-
-def drop_path(
-    x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True
-) -> Tensor:
-    """Stochastic depth (Huang et al. 2016): zero whole samples of a residual branch with ``drop_prob``.
-
-    ``x (b, ...) -> (b, ...)``; survivors are divided by ``1 - drop_prob`` when ``scale_by_keep`` (timm's
-    ``drop_path``). Identity when not training or ``drop_prob == 0``.
-    """
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    if scale_by_keep and keep > 0.0:
-        mask = mask / keep
-    return x * mask
-
-
-class DropPath(nn.Module):
-    """Module form of :func:`drop_path` (timm's ``DropPath``): ``(b, ...) -> (b, ...)``."""
-
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"DropPath: drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = float(drop_prob)
-        self.scale_by_keep = scale_by_keep
-
-    def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
+__all__ = ["PatchMerging", "SwinTransformerBlock", "WindowAttention"]
 
 
 class WindowAttention(nn.Module):
@@ -113,7 +69,7 @@ class WindowAttention(nn.Module):
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims, (2, 3))
         if dim <= 0 or num_heads <= 0 or dim % num_heads:
             raise ValueError(
                 f"WindowAttention: dim ({dim}) must be a positive multiple of num_heads ({num_heads})"
@@ -122,7 +78,7 @@ class WindowAttention(nn.Module):
             raise ValueError(f"WindowAttention: attn_drop must be in [0, 1), got {attn_drop}")
         self.dim = dim
         self.spatial_dims = spatial_dims
-        self.window_size = _tuple(window_size, spatial_dims, "window_size", 1)
+        self.window_size = as_tuple(window_size, spatial_dims, "window_size", minimum=1)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -202,12 +158,12 @@ class SwinTransformerBlock(nn.Module):
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims, (2, 3))
         self.dim = dim
         self.spatial_dims = spatial_dims
         self.num_heads = num_heads
-        self.window_size = _tuple(window_size, spatial_dims, "window_size", 1)
-        self.shift_size = _tuple(shift_size, spatial_dims, "shift_size", 0)
+        self.window_size = as_tuple(window_size, spatial_dims, "window_size", minimum=1)
+        self.shift_size = as_tuple(shift_size, spatial_dims, "shift_size", minimum=0)
         if any(s >= w for s, w in zip(self.shift_size, self.window_size)):
             raise ValueError(
                 f"shift_size {self.shift_size} must be smaller than window_size {self.window_size}"
@@ -225,7 +181,7 @@ class SwinTransformerBlock(nn.Module):
             proj_drop=drop,
             spatial_dims=spatial_dims,
         )
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=drop)
         self._mask_cache: dict[tuple[Any, ...], Tensor] = {}
@@ -296,7 +252,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int, spatial_dims: int = 2) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims, (2, 3))
         if dim <= 0:
             raise ValueError(f"PatchMerging: dim must be positive, got {dim}")
         self.dim = dim

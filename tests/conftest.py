@@ -76,3 +76,44 @@ def unprivileged() -> Iterator[tuple[list[str], Path]]:
         yield prefix, folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class TorchThreads:
+    """Callable handed out by the :func:`torch_threads` fixture: ``torch_threads(n)`` sets torch's
+    intra-op thread count; :meth:`restore` puts back the count seen when the fixture started."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+
+    def __call__(self, threads: int) -> None:
+        import torch
+
+        if threads < 1:
+            raise ValueError(f"torch_threads: need at least one thread, got {threads}")
+        torch.set_num_threads(threads)
+
+    def restore(self) -> None:
+        import torch
+
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[TorchThreads]:
+    """Set torch's intra-op threads for one test (``torch_threads(1)``); the count is restored afterwards.
+
+    Tiny models run hundreds of small ops, and on a shared 2-core machine spinning OpenMP threads make
+    them several times slower; such test modules use::
+
+        @pytest.fixture(autouse=True)
+        def _one_thread(torch_threads):
+            torch_threads(1)
+    """
+    threads = TorchThreads()
+    try:
+        yield threads
+    finally:
+        threads.restore()

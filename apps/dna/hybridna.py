@@ -231,6 +231,7 @@ class HybriDNABlock(nn.Module):
                 rope=True,
                 rope_base=c.rope_base,
                 causal=True,
+                layout="separate",  # q_proj / k_proj / v_proj / out_proj: the keys of our checkpoints
             )
         self.mlp_norm: RMSNorm | None = None
         self.mlp: nn.Module | None = None

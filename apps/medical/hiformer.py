@@ -66,23 +66,22 @@ from torch import Tensor, nn
 
 from hybrids.apps.core.config import ModelConfig
 from hybrids.apps.core.errors import InputError
-from hybrids.kernels.attention.sdpa import attention
-from hybrids.shared_blocks.mlp import Mlp
+from hybrids.shared_blocks.attention import MultiHeadAttention
+from hybrids.shared_blocks.drop_path import drop_path_or_identity
 from hybrids.shared_blocks.resnet import ResNet
-from hybrids.shared_blocks.window_attention import DropPath, PatchMerging, SwinTransformerBlock
+from hybrids.shared_blocks.vit import ViTBlock
+from hybrids.shared_blocks.window_attention import PatchMerging, SwinTransformerBlock
 
 __all__ = [
     "DLF_ORDERS",
     "All2Cross",
     "ConvUpsample",
-    "CrossAttention",
     "CrossAttentionBlock",
     "HiFormer",
     "HiFormerConfig",
     "MultiScaleBlock",
     "PyramidFeatures",
     "SwinStage",
-    "ViTAttention",
     "ViTBlock",
 ]
 
@@ -198,88 +197,11 @@ class HiFormerConfig(ModelConfig):
 
 
 # -- DLF blocks --------------------------------------------------------------------------------------
-class ViTAttention(nn.Module):
-    """Global multi-head self-attention, timm's ``Attention`` names (``qkv``, ``proj``):
-    ``(b, n, dim) -> (b, n, dim)``; fused SDPA, so no ``(n, n)`` matrix is stored at inference."""
-
-    def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.head_dim**-0.5
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
-
-
-class ViTBlock(nn.Module):
-    """Pre-norm ViT block (timm ``Block``, as the official DLF uses it): ``(b, n, dim) -> (b, n, dim)``,
-    ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` (GELU); timm's names ``norm1``, ``attn``, ``norm2``,
-    ``mlp``."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = ViTAttention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class CrossAttention(nn.Module):
-    """CrossViT cross-attention (Chen et al. 2021, Sec. 3.3): the first token is the only query.
-
-    ``(b, n, dim) -> (b, 1, dim)``; separate ``wq``, ``wk``, ``wv``, ``proj`` (official names)."""
-
-    def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.attn_drop = attn_drop
-        self.wq = nn.Linear(dim, dim, bias=qkv_bias)
-        self.wk = nn.Linear(dim, dim, bias=qkv_bias)
-        self.wv = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        q = self.wq(x[:, :1]).reshape(b, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        out = attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.head_dim**-0.5
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, 1, c)))
-
-
 class CrossAttentionBlock(nn.Module):
-    """``(b, n, dim) -> (b, 1, dim)``: ``x[:, :1] + attn(norm1(x))`` (no MLP, as every official preset)."""
+    """``(b, n, dim) -> (b, 1, dim)``: ``x[:, :1] + attn(norm1(x)[:, :1], norm1(x))`` (no MLP, as every
+    official preset). ``attn`` is CrossViT's cross-attention (Chen et al. 2021, Sec. 3.3): the first token
+    is the only query; the shared attention with the ``crossvit`` layout (official names ``wq``, ``wk``,
+    ``wv``, ``proj``)."""
 
     def __init__(
         self,
@@ -292,11 +214,14 @@ class CrossAttentionBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = CrossAttention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.attn = MultiHeadAttention(
+            dim, num_heads, qkv_bias=qkv_bias, dropout=attn_drop, proj_dropout=drop, layout="crossvit"
+        )
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x[:, :1] + self.drop_path(self.attn(self.norm1(x)))
+        h = self.norm1(x)
+        return x[:, :1] + self.drop_path(self.attn(h[:, :1], h))
 
 
 def _projection(dim_in: int, dim_out: int) -> nn.Sequential:
@@ -330,7 +255,16 @@ class MultiScaleBlock(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 *(
-                    ViTBlock(dims[d], num_heads[d], mlp_ratio[d], qkv_bias, drop, attn_drop, drop_path[i])
+                    ViTBlock(  # timm's Block: LayerNorm eps 1e-5 (DINO's ViT uses 1e-6)
+                        dims[d],
+                        num_heads[d],
+                        mlp_ratio[d],
+                        qkv_bias,
+                        drop_path=drop_path[i],
+                        eps=1e-5,
+                        drop=drop,
+                        attn_drop=attn_drop,
+                    )
                     for i in range(depth[d])
                 )
             )

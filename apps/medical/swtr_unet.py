@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from hybrids.apps.core.config import ModelConfig
 from hybrids.apps.core.errors import InputError
 from hybrids.shared_blocks.conv import ConvNormAct
+from hybrids.shared_blocks.factories import conv_layer
 from hybrids.shared_blocks.resnet import ResNet
 from hybrids.shared_blocks.transformer import TransformerEncoderLayer
 
@@ -189,7 +190,7 @@ class SWTRUnet(nn.Module):
             norm=config.norm,
         )
         self.size_divisor = self.encoder.feature_strides[-1]
-        conv = nn.Conv2d if config.spatial_dims == 2 else nn.Conv3d
+        conv = conv_layer(config.spatial_dims)
         deep = self.encoder.feature_channels[-1]
         dim = config.transformer_dim
         self.project = conv(deep, dim, 1)

@@ -1,4 +1,5 @@
-"""MultiHeadAttention: parity with nn.MultiheadAttention, a hand-written GQA+RoPE computation, KV cache."""
+"""MultiHeadAttention: parity with nn.MultiheadAttention, a hand-written GQA+RoPE computation, KV cache,
+projection layouts (separate / fused / crossvit) and attention maps equal to softmax(QKᵀ) by hand."""
 
 from __future__ import annotations
 
@@ -196,3 +197,171 @@ def test_bad_arguments_raise() -> None:
         MultiHeadAttention(16, 4, kv_dim=8)(torch.randn(2, 5, 16), torch.randn(2, 3, 16))
     with pytest.raises(ValueError, match="key_padding_mask"):
         mha(torch.randn(2, 5, 16), key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+
+
+# -- projection layouts, attention maps ---------------------------------------------------------------
+
+
+def _copy_into_fused(fused: MultiHeadAttention, separate: MultiHeadAttention) -> None:
+    """Same weights: ``qkv`` rows are ``[q; k; v]``, ``proj`` is ``out_proj``."""
+    with torch.no_grad():
+        fused.qkv.weight.copy_(
+            torch.cat([separate.q_proj.weight, separate.k_proj.weight, separate.v_proj.weight])
+        )
+        fused.qkv.bias.copy_(torch.cat([separate.q_proj.bias, separate.k_proj.bias, separate.v_proj.bias]))
+        fused.proj.weight.copy_(separate.out_proj.weight)
+        fused.proj.bias.copy_(separate.out_proj.bias)
+
+
+def test_layouts_name_the_parameters() -> None:
+    keys = {
+        "separate": ["q_proj", "k_proj", "v_proj", "out_proj"],
+        "fused": ["qkv", "proj"],
+        "crossvit": ["wq", "wk", "wv", "proj"],
+    }
+    for layout, names in keys.items():
+        mha = MultiHeadAttention(16, 4, num_kv_heads=2, layout=layout)
+        assert list(mha.state_dict()) == [f"{n}.{p}" for n in names for p in ("weight", "bias")]
+        assert mha.out_projection is getattr(mha, names[-1])
+        assert f"layout='{layout}'" in repr(mha)
+    fused = MultiHeadAttention(16, 4, num_kv_heads=2, layout="fused")
+    assert fused.qkv.weight.shape == (16 + 2 * 8, 16)  # [q (4 heads); k (2); v (2)] x head_dim 4
+    # no bias anywhere (HybriDNA) and the timm/DINO scale
+    bare = MultiHeadAttention(16, 4, qkv_bias=False, out_bias=False, layout="fused")
+    assert list(bare.state_dict()) == ["qkv.weight", "proj.weight"]
+    assert math.isclose(bare.scale, 4**-0.5)
+
+
+@pytest.mark.parametrize(
+    ("num_kv_heads", "rope", "causal"), [(4, False, False), (2, True, True), (1, True, False)]
+)
+def test_fused_layout_equals_separate_layout(num_kv_heads: int, rope: bool, causal: bool) -> None:
+    kw = {"num_kv_heads": num_kv_heads, "rope": rope, "causal": causal}
+    separate = MultiHeadAttention(16, 4, **kw).eval()
+    randomise_biases(separate)
+    fused = MultiHeadAttention(16, 4, layout="fused", **kw).eval()
+    _copy_into_fused(fused, separate)
+    x = torch.randn(2, 6, 16)
+    torch.testing.assert_close(fused(x), separate(x), atol=1e-6, rtol=1e-5)
+    if causal:  # the fused layout decodes with a KV cache too
+        cache = KVCache()
+        steps = [
+            fused(x[:, :4], kv_cache=cache),
+            fused(x[:, 4:5], kv_cache=cache),
+            fused(x[:, 5:], kv_cache=cache),
+        ]
+        torch.testing.assert_close(torch.cat(steps, dim=1), separate(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_layout_cross_attention_splits_the_qkv_rows() -> None:
+    separate = MultiHeadAttention(16, 4, num_kv_heads=2).eval()
+    randomise_biases(separate)
+    fused = MultiHeadAttention(16, 4, num_kv_heads=2, layout="fused").eval()
+    _copy_into_fused(fused, separate)
+    x, ctx = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    torch.testing.assert_close(fused(x, ctx), separate(x, ctx), atol=1e-6, rtol=1e-5)
+
+
+def test_crossvit_layout_matches_hand_computation() -> None:
+    """CrossViT / HiFormer fusion: the first token is the only query, keys and values are every token."""
+    mha = MultiHeadAttention(12, 3, layout="crossvit").double().eval()
+    randomise_biases(mha)
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    b, n, d = 2, 5, 4
+    q = mha.wq(x[:, :1]).reshape(b, 1, 3, d).transpose(1, 2)
+    k = mha.wk(x).reshape(b, n, 3, d).transpose(1, 2)
+    v = mha.wv(x).reshape(b, n, 3, d).transpose(1, 2)
+    attn = (q @ k.transpose(-2, -1) * d**-0.5).softmax(-1)
+    expected = mha.proj((attn @ v).transpose(1, 2).reshape(b, 1, 12))
+    torch.testing.assert_close(mha(x[:, :1], x), expected)
+
+
+def hand_probabilities(mha: MultiHeadAttention, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """softmax(Q Kᵀ · scale) per query head, each query head reading its kv head, written out by hand."""
+    q, k, _ = mha.project(x, context)
+    groups = mha.num_heads // mha.num_kv_heads
+    heads = []
+    for head in range(mha.num_heads):
+        scores = q[:, head] @ k[:, head // groups].transpose(-2, -1) * mha.scale
+        heads.append(scores.exp() / scores.exp().sum(-1, keepdim=True))
+    return torch.stack(heads, dim=1)
+
+
+@pytest.mark.parametrize("layout", ["separate", "fused", "crossvit"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_maps_equal_softmax_qk_by_hand(layout: str, cross: bool) -> None:
+    mha = MultiHeadAttention(24, 6, num_kv_heads=3 if layout != "crossvit" else None, layout=layout)
+    mha = mha.double().eval()
+    randomise_biases(mha)
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    context = torch.randn(2, 7, 24, dtype=torch.float64) if cross else None
+    out, probs = mha(x, context, return_attention=True)
+    lk = 7 if cross else 5
+    assert probs.shape == (2, 6, 5, lk)
+    torch.testing.assert_close(probs, hand_probabilities(mha, x, context))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 6, 5, dtype=torch.float64))
+    torch.testing.assert_close(out, mha(x, context))  # same output as the fused SDPA path
+
+
+def test_attention_maps_with_masks_rope_and_cache() -> None:
+    mha = MultiHeadAttention(16, 4, num_kv_heads=2, rope=True, causal=True, layout="fused").eval()
+    x = torch.randn(2, 6, 16)
+    out, probs = mha(x, return_attention=True)
+    torch.testing.assert_close(out, mha(x), atol=1e-6, rtol=1e-5)
+    assert (probs.triu(1) == 0).all()  # causal: no weight on future keys
+    # key padding: padded keys get no weight; a query with every key masked gives zeros, not NaN
+    plain = MultiHeadAttention(16, 4).eval()
+    kpm = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    out, probs = plain(x, key_padding_mask=kpm, return_attention=True)
+    assert (probs[1, :, :, 3:] == 0).all()
+    torch.testing.assert_close(out, plain(x, key_padding_mask=kpm), atol=1e-6, rtol=1e-5)
+    blocked = torch.ones(6, 6, dtype=torch.bool)
+    blocked[2] = False
+    out, probs = plain(x, attn_mask=blocked, return_attention=True)
+    assert torch.isfinite(out).all() and (probs[:, :, 2] == 0).all()
+    torch.testing.assert_close(out, plain(x, attn_mask=blocked), atol=1e-6, rtol=1e-5)
+    # one decoding step with a cache: the new token's weights over every cached position
+    cache = KVCache()
+    mha(x[:, :5], kv_cache=cache)
+    step, probs = mha(x[:, 5:], kv_cache=cache, return_attention=True)
+    assert probs.shape == (2, 4, 1, 6)
+    torch.testing.assert_close(step, mha(x)[:, 5:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs, mha(x, return_attention=True)[1][:, :, 5:], atol=1e-6, rtol=1e-5)
+
+
+def test_attention_maps_keep_low_precision_dtype() -> None:
+    mha = MultiHeadAttention(16, 4, layout="fused").to(torch.bfloat16).eval()
+    out, probs = mha(torch.randn(1, 5, 16, dtype=torch.bfloat16), return_attention=True)
+    assert out.dtype == probs.dtype == torch.bfloat16
+
+
+def test_projection_dropout_only_in_training() -> None:
+    mha = MultiHeadAttention(16, 4, proj_dropout=0.5, layout="fused")
+    x = torch.randn(2, 8, 16)
+    mha.eval()
+    torch.testing.assert_close(mha(x), mha(x))
+    mha.train()
+    assert (mha(x) == 0).any()
+
+
+@pytest.mark.parametrize("layout", ["fused", "crossvit"])
+def test_gradient_reaches_every_parameter_of_each_layout(layout: str) -> None:
+    mha = MultiHeadAttention(16, 4, layout=layout)
+    x = torch.randn(2, 5, 16)
+    out, probs = mha(x, return_attention=True)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in mha.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bad_layout_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="layout"):
+        MultiHeadAttention(16, 4, layout="merged")
+    with pytest.raises(ValueError, match="kv_dim"):
+        MultiHeadAttention(16, 4, kv_dim=8, layout="fused")
+    with pytest.raises(ValueError, match="proj_dropout"):
+        MultiHeadAttention(16, 4, proj_dropout=1.0)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        MultiHeadAttention(16, 4)(
+            torch.randn(2, 5, 16), key_padding_mask=torch.zeros(2, 4, dtype=torch.bool), return_attention=True
+        )

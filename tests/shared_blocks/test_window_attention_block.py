@@ -9,13 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybrids.shared_blocks.window_attention import (
-    DropPath,
-    PatchMerging,
-    SwinTransformerBlock,
-    WindowAttention,
-    drop_path,
-)
+from hybrids.shared_blocks.window_attention import PatchMerging, SwinTransformerBlock, WindowAttention
 
 
 @pytest.fixture(autouse=True)
@@ -205,20 +199,6 @@ def test_patch_merging_order_and_padding():
     want3 = torch.cat([y[:, a::2, b::2, c::2] for a, b, c in offsets], -1)
     assert torch.equal(merge3(y), want3)
     assert PatchMerging(4, spatial_dims=3)(torch.randn(1, 3, 5, 4, 4)).shape == (1, 2, 3, 2, 8)
-
-
-def test_drop_path():
-    x = torch.ones(1000, 3, 2, dtype=torch.float64)
-    assert drop_path(x, 0.5, training=False) is x
-    out = drop_path(x, 0.25, training=True)
-    per_sample = out.reshape(1000, -1)
-    assert set(torch.unique(per_sample).tolist()) <= {0.0, 1.0 / 0.75}
-    assert (per_sample == per_sample[:, :1]).all()  # whole samples dropped
-    assert 150 < (per_sample[:, 0] == 0).sum() < 350
-    module = DropPath(0.3).eval()
-    assert torch.equal(module(x), x)
-    with pytest.raises(ValueError):
-        DropPath(1.0)
 
 
 @pytest.mark.parametrize(

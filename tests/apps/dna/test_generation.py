@@ -13,12 +13,9 @@ BASES = [5, 6, 7, 8]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(torch_threads):
     """Tiny models run hundreds of small ops: one intra-op thread avoids OpenMP waits on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,9 @@ from hybrids.shared_blocks.mamba2 import Mamba2Cache
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(torch_threads):
     """Tiny models run hundreds of small ops: one intra-op thread avoids OpenMP waits on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch_threads(1)
 
 
 def _tiny(**overrides) -> HybriDNA:
@@ -89,6 +86,23 @@ def test_cache_matches_parallel_forward(prefill):
         assert (cached - model(tokens)).abs().max().item() <= 1e-4
     assert cache.seqlen_offset == tokens.shape[1]
     assert cache.layers[1].length == tokens.shape[1]
+
+
+def test_attention_layer_keeps_its_checkpoint_keys():
+    """The attention mixer is the shared MultiHeadAttention with the separate q/k/v/out layout, so
+    saved HybriDNA checkpoints keep loading (GQA: 4 query heads, 2 kv heads of 8 channels; no biases)."""
+    shapes = {k: tuple(v.shape) for k, v in _tiny().state_dict().items() if k.startswith("layers.1.")}
+    assert shapes == {
+        "layers.1.norm.weight": (32,),
+        "layers.1.mixer.q_proj.weight": (32, 32),
+        "layers.1.mixer.k_proj.weight": (16, 32),
+        "layers.1.mixer.v_proj.weight": (16, 32),
+        "layers.1.mixer.out_proj.weight": (32, 32),
+        "layers.1.mlp_norm.weight": (32,),
+        "layers.1.mlp.w1.weight": (64, 32),
+        "layers.1.mlp.w2.weight": (32, 64),
+        "layers.1.mlp.w3.weight": (64, 32),
+    }
 
 
 def test_cache_parity_catches_a_broken_cache():

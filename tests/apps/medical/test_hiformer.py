@@ -83,6 +83,22 @@ def test_official_2022_order_discards_self_attention():
     assert _without_grad(model) == {name for name, _ in model.named_parameters() if name.startswith(dead)}
 
 
+def test_dlf_blocks_are_the_shared_blocks():
+    """The DLF's ViT blocks are shared_blocks' ViTBlock (timm's LayerNorm eps 1e-5, fused qkv/proj) and
+    its fusion the shared attention with CrossViT's wq/wk/wv/proj layout."""
+    from hybrids.shared_blocks.attention import MultiHeadAttention
+    from hybrids.shared_blocks.vit import ViTBlock
+
+    block = tiny().All2Cross.blocks[0]
+    vit = block.blocks[0][0]
+    assert isinstance(vit, ViTBlock) and vit.norm1.eps == 1e-5 and vit.attn.layout == "fused"
+    fusion = block.fusion[0].attn
+    assert isinstance(fusion, MultiHeadAttention) and fusion.layout == "crossvit"
+    x = torch.randn(2, 5, fusion.dim)
+    with torch.no_grad():  # CrossViT: the first token is the only query
+        assert block.fusion[0](x).shape == (2, 1, fusion.dim)
+
+
 def test_dlf_order_changes_outputs():
     paper, late = tiny(dlf_order="paper").eval(), tiny(dlf_order="official_2022").eval()
     late.load_state_dict(paper.state_dict())

@@ -15,7 +15,11 @@ from hybrids.apps.medical.inference import (
     window_size,
 )
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread(torch_threads):
+    """Tiny models run hundreds of small ops: one intra-op thread avoids OpenMP waits on a busy CPU."""
+    torch_threads(1)
 
 
 class PointwiseModel(nn.Module):
