@@ -103,7 +103,10 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any] | None:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{config_file}: not a valid JSON checkpoint config ({exc})") from None
         if not isinstance(info, dict) or "model" not in info or "config" not in info:
-            raise CheckpointError(f"{config_file}: missing 'model' or 'config'")
+            raise CheckpointError(
+                f"{config_file}: missing 'model' or 'config' (not a checkpoint folder of this hybrids "
+                "version; re-create it with the command that wrote it)"
+            )
         return info
     if weights.is_file() and sniff_format(weights) == "safetensors":
         meta = safetensors_metadata(weights)

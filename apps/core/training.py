@@ -42,7 +42,16 @@ import lightning as L
 
 from hybrids.apps.core.run_options import RESUME_NAME, RunOptions
 
-__all__ = ["HISTORY_NAME", "RunCheckpoint", "build_trainer", "fit", "quiet_lightning", "save_model_folder"]
+__all__ = [
+    "HISTORY_NAME",
+    "RunCheckpoint",
+    "build_trainer",
+    "default_threads",
+    "fit",
+    "quiet_lightning",
+    "save_model_folder",
+    "seed_run",
+]
 
 logger = logging.getLogger("hybrids.training")
 
@@ -65,6 +74,14 @@ def quiet_lightning(verbosity: int = 0) -> None:
         ".*resuming from a checkpoint that ended before the epoch ended.*",
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def seed_run(run: RunOptions) -> None:
+    """Silence Lightning's banners and seed every generator (python, numpy, torch) with ``run.seed``.
+    ``build_trainer`` calls it; call it first when a model is built before the trainer, so that its
+    initial weights follow ``--seed`` too."""
+    quiet_lightning(run.verbosity)
+    L.seed_everything(run.seed, workers=True, verbose=False)
 
 
 def default_threads(run: RunOptions) -> int | None:
@@ -131,7 +148,7 @@ def build_trainer(
     log_every_n_steps: int = 50,
     **limits: Any,
 ) -> L.Trainer:
-    """The ``L.Trainer`` of every training verb, after seeding and thread set-up.
+    """The ``L.Trainer`` of every training verb, after ``seed_run`` and with the thread set-up.
 
     ``limits`` are the vertical's loop bounds, passed to Lightning as they are: ``max_steps``,
     ``max_epochs``, ``val_check_interval``, ``check_val_every_n_epoch``, ``limit_train_batches``,
@@ -140,8 +157,7 @@ def build_trainer(
     """
     from lightning.pytorch.loggers import CSVLogger
 
-    quiet_lightning(run.verbosity)
-    L.seed_everything(run.seed, workers=True, verbose=False)
+    seed_run(run)
     from hybrids.datasets.atomic import make_output_folder
 
     make_output_folder(run.out)

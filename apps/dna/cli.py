@@ -9,8 +9,13 @@
 
 Each verb's module documents its details: ``pretrain`` (``hybrids.apps.dna.pretrain``),
 ``generate`` (here and ``hybrids.apps.dna.generation``), ``embed`` (``hybrids.apps.dna.embed``),
-``finetune`` (``hybrids.apps.dna.finetune``), ``score-variants`` (``hybrids.apps.dna.variants``).
-Heavy imports (torch, Lightning) happen inside the handlers, so ``hybrids --help`` stays fast.
+``finetune`` (``hybrids.apps.dna.finetune``), ``score-variants`` (``hybrids.apps.dna.variants``),
+``report`` (``hybrids.apps.dna.report``). ``pretrain``, ``finetune`` and ``report`` are library
+functions taking a config dataclass (``PretrainConfig``...): this module only maps the flags to it
+(``config_from_args``) and prints a summary. The run flags of the training verbs (``-o``,
+``--max-time``, ``--resume``, ``--seed`` (default 42), ``--threads``...) are
+``hybrids.apps.core.run_options``'s. Heavy imports (torch, Lightning) happen inside the handlers, so
+``hybrids --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.run_options import add_run_arguments, config_from_args
 
 logger = logging.getLogger("hybrids.dna")
 
@@ -70,7 +75,8 @@ def add_parser(commands: Any) -> None:
         help="fine-tune a sequence classifier on a GUE-style task (train/dev/test CSVs)",
         description="Train a classifier on DIR/train.csv (HybriDNA echo embeddings + a linear head, or the "
         "CNN baseline with --model cnn), select on DIR/dev.csv (MCC), report MCC, F1 and AUROC on "
-        "DIR/test.csv.",
+        "DIR/test.csv. Writes OUT/best (a registered dna/hybridna_classifier or dna/cnn_classifier folder) "
+        "and OUT/metrics.json; resumable (--resume).",
     )
     add_finetune_arguments(finetune)
     finetune.set_defaults(func=run_finetune)
@@ -144,38 +150,23 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
     optim.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up (default: 100)")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0: off (default: 1)")
-    optim.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _add_run_arguments(parser, default_out="runs/hybridna")
-    run = parser.add_argument_group("validation and resume")
-    run.add_argument("--valid-every", type=int, default=200, help="validate every N steps (default: 200)")
-    run.add_argument("--resume", action="store_true", help="continue from OUT/resume.ckpt")
-    run.add_argument("--devices", default="1", help="devices (processes) to use (default: 1)")
-    run.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp ...")
+    optim.add_argument("--valid-every", type=int, default=200, help="validate every N steps (default: 200)")
+    add_run_arguments(parser, default_out="runs/hybridna")
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from hybrids.apps.dna.pretrain import pretrain
+    from hybrids.apps.dna.pretrain import PretrainConfig, pretrain
 
-    result = pretrain(args)
-    if not result["history"]:
+    result = pretrain(config_from_args(PretrainConfig, args))
+    if not result.is_global_zero or not result.history:
         return 0
-    first, last = result["history"][0], result["history"][-1]
-    best = min(result["history"], key=lambda r: r["valid_bpb"])
+    first, last, best = result.history[0], result.history[-1], result.best or result.history[-1]
     print(
         f"valid {first['valid_bpb']:.4f} bits/base (step {first['step']}) -> {last['valid_bpb']:.4f} "
         f"(step {last['step']}); best {best['valid_bpb']:.4f} at step {best['step']}"
     )
-    print(f"checkpoints: {Path(args.out) / 'best'} (best), {Path(args.out) / 'last'} (last)")
+    print(f"checkpoints: {result.out / 'best'} (best), {result.out / 'last'} (last)")
     return 0
-
-
-def _add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
-    run = parser.add_argument_group("run")
-    run.add_argument("-o", "--out", type=Path, default=Path(default_out), help="output folder")
-    run.add_argument("--max-time", type=float, metavar="MINUTES", help="stop cleanly after this many minutes")
-    run.add_argument("--accelerator", default="auto", help="cpu, gpu, mps or auto (default: auto)")
-    run.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, ...")
-    run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
 
 # -- generate ------------------------------------------------------------------------------------------------
@@ -206,12 +197,6 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from hybrids.apps.dna.embed import generate_sequences
 
-    if args.length < 1 or args.num < 1:
-        raise InputError(f"--length and --num must be >= 1, got {args.length} and {args.num}")
-    if args.temperature < 0 or args.top_k < 0:
-        raise InputError(f"--temperature and --top-k must be >= 0, got {args.temperature} and {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
     seqs = generate_sequences(
         args.model,
         args.prompt,
@@ -326,21 +311,21 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         "--valid-every", type=int, help="evaluate on dev every N steps (default: every epoch)"
     )
     parser.add_argument("--max-train", type=int, help="use a random subset of this many training sequences")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _add_run_arguments(parser, default_out="runs/finetune")
+    add_run_arguments(parser, default_out="runs/finetune", multi_device=False)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from hybrids.apps.dna.finetune import finetune
+    from hybrids.apps.dna.finetune import FinetuneConfig, finetune
 
-    result = finetune(args)
-    dev, test = result["dev"], result["test"]
+    result = finetune(config_from_args(FinetuneConfig, args))
+    metrics = result.metrics
+    dev, test = metrics["dev"], metrics["test"]
     print(
-        f"{result['task']} ({result['model']}, selected at step {result['selected']['step']} on dev): "
+        f"{metrics['task']} ({metrics['model']}, selected at step {metrics['selected']['step']} on dev): "
         f"dev MCC {dev['mcc']:.4f}; test MCC {test['mcc']:.4f}, F1 {test['f1']:.4f}, "
         f"AUROC {test['auroc']:.4f}"
     )
-    print(f"classifier: {Path(args.out) / 'best'}; metrics: {Path(args.out) / 'metrics.json'}")
+    print(f"classifier: {result.best}; metrics: {result.out / 'metrics.json'}")
     return 0
 
 
@@ -382,16 +367,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from hybrids.apps.dna.report import report
+    from hybrids.apps.dna.report import ReportConfig, report
 
-    if not 0 < args.holdout_fraction < 1:
-        raise InputError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
-    for flag in ("context", "max_tiles", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    report(args)
-    print(f"report: {Path(args.out) / 'report.md'}")
+    result = report(config_from_args(ReportConfig, args))
+    print(result.markdown)
+    print(f"report: {result.out / 'report.md'}")
     return 0
 
 

@@ -6,7 +6,9 @@
 Token ids are :class:`hybrids.datasets.dna.DNATokenizer`'s; ``<pad>`` (0) positions are masked out of
 the pooling (and zeroed before every convolution), so right padding does not change a sequence's
 logits. ``rc_average``: logits averaged over the sequence and its reverse complement. Trained by
-``hybrids dna finetune --model cnn`` exactly as HybriDNA is (same data, optimiser, dev selection).
+``hybrids dna finetune --model cnn`` exactly as HybriDNA is (same data, optimiser, dev selection);
+registered as ``dna/cnn_classifier``, so ``create_model("dna/cnn_classifier", weights=OUT/best)`` loads
+a trained one.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class _ResidualConv(nn.Module):
 class CNNClassifier(nn.Module):
     """``forward(tokens (b, l) int64) -> logits (b, num_classes)``; ``<pad>`` positions ignored."""
 
+    model_name = "dna/cnn_classifier"  # the registered name (hybrids.apps.dna.models)
+
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
         config.validate()
@@ -99,7 +103,7 @@ class CNNClassifier(nn.Module):
             raise InputError(f"CNNClassifier: expected tokens (batch, length), got {tuple(tokens.shape)}")
         logits = self._logits(tokens)
         if self.config.rc_average:
-            from hybrids.apps.dna.finetune import reverse_complement_padded
+            from hybrids.apps.dna.classifier import reverse_complement_padded
 
             logits = 0.5 * (logits + self._logits(reverse_complement_padded(tokens)))
         return logits

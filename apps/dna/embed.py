@@ -40,7 +40,7 @@ logger = logging.getLogger("hybrids.dna.embed")
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, DNATokenizer]:
     """A HybriDNA checkpoint folder and its tokenizer, in eval mode on ``device``."""
-    from hybrids.apps.dna.finetune import load_lm
+    from hybrids.apps.dna.models import load_lm
 
     model = load_lm(path)
     try:
@@ -56,7 +56,7 @@ def embed_tokens(
     model: torch.nn.Module, tokens: list[torch.Tensor], *, echo: bool = True
 ) -> list[torch.Tensor]:
     """Per-token embeddings ``(l_i, d_model)`` of a batch of base-token windows (any lengths)."""
-    from hybrids.apps.dna.finetune import echo_embeddings
+    from hybrids.apps.dna.classifier import echo_embeddings
 
     device = next(model.parameters()).device
     padded = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True, padding_value=PAD_ID).to(device)
@@ -166,6 +166,12 @@ def generate_sequences(
     with the model's cache (``hybrids.apps.dna.generation.generate``); only A, C, G, T are drawn."""
     from hybrids.apps.dna.generation import generate
 
+    if length < 1 or num < 1:
+        raise InputError(f"--length and --num must be >= 1, got {length} and {num}")
+    if temperature < 0 or top_k < 0:
+        raise InputError(f"--temperature and --top-k must be >= 0, got {temperature} and {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1], got {top_p}")
     model, tokenizer = load_model(model_path, device)
     try:
         prompt_ids = tokenizer.encode(prompt, source="--prompt")

@@ -1,4 +1,4 @@
-"""Pretraining HybriDNA: ``hybrids dna pretrain --fasta FILE... [--context L] [--warmup-schedule ...]``.
+"""Pretraining HybriDNA: ``pretrain(PretrainConfig(...))``, behind ``hybrids dna pretrain``.
 
     hybrids dna pretrain --fasta ../shared/data/dna/genomes/ecoli_k12_mg1655.fasta.gz --preset small \\
         --context 4096 --warmup-schedule 1024,2048,4096 --steps 3000 --max-time 120 -o runs/hybridna
@@ -11,38 +11,55 @@ reverse-complemented with probability 1/2) from the training parts; the context 
 scaled so a batch keeps ``batch_size * context`` tokens), ending at ``--context``. Validation: bits
 per base (mean ``-log2 p`` over the A/C/G/T targets) on deterministic non-overlapping tiles of
 ``--valid-context`` bases of the held-out parts, every ``--valid-every`` steps, at the start and at
-the end (including a ``--max-time`` stop).
+the end (including a ``--max-time`` stop). The random initial weights and the windows drawn follow
+``--seed`` (default 42).
 
-Output (``-o OUT``): ``best/`` (lowest validation bits per base) and ``last/``, each
+From Python::
+
+    from hybrids.apps.core.run_options import RunOptions
+    from hybrids.apps.dna.pretrain import PretrainConfig, pretrain
+
+    run = RunOptions(out="runs/x", max_time=10)
+    result = pretrain(PretrainConfig(fasta=["genome.fa"], preset="tiny", steps=100, run=run))
+
+Output (``run.out``, ``-o OUT``): ``best/`` (lowest validation bits per base) and ``last/``, each
 ``model.safetensors`` + ``config.json`` (model name and config, the tokenizer, the training
 context; loadable with ``load_checkpoint``, ``hybrids dna generate/embed/finetune -m``),
-``history.json``, Lightning's ``metrics.csv`` and ``resume.ckpt`` (``--resume``).
+``history.json``, Lightning's ``metrics.csv`` and ``resume.ckpt`` (``--resume``). The run itself
+(Trainer, checkpoints, resume, threads) is ``hybrids.apps.core.training``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.run_options import RunOptions
 
 logger = logging.getLogger("hybrids.dna.pretrain")
 
 MODEL_NAME = "dna/hybridna"
 
 
-def parse_schedule(text: str | None, context: int) -> list[int]:
-    """``"1024,4096"`` -> ``[1024, 4096, context]`` (``context`` appended when not last); increasing."""
-    if not text:
+def parse_schedule(text: str | Sequence[int] | None, context: int) -> list[int]:
+    """``"1024,4096"`` (or ``[1024, 4096]``) -> ``[1024, 4096, context]`` (``context`` appended when
+    not last); increasing."""
+    if text is None or len(text) == 0:
         return [int(context)]
-    try:
-        lengths = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise InputError(
-            f"--warmup-schedule {text!r}: expected comma-separated integers, e.g. 1024,4096"
-        ) from None
+    if isinstance(text, str):
+        try:
+            lengths = [int(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise InputError(
+                f"--warmup-schedule {text!r}: expected comma-separated integers, e.g. 1024,4096"
+            ) from None
+    else:
+        lengths = [int(v) for v in text]
+        text = ",".join(map(str, lengths))
     if not lengths or any(v < 1 for v in lengths):
         raise InputError(f"--warmup-schedule {text!r}: lengths must be positive integers")
     if lengths[-1] != context:
@@ -54,20 +71,76 @@ def parse_schedule(text: str | None, context: int) -> list[int]:
     return lengths
 
 
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("steps", "batch_size", "valid_every", "context"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("lr", "max_time", "valid_context", "valid_max_tiles"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise InputError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
-    if not 0.0 < args.holdout_fraction < 1.0:
-        raise InputError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
-    if args.warmup_steps < 0 or args.clip_grad < 0 or args.weight_decay < 0:
-        raise InputError("--warmup-steps, --clip-grad and --weight-decay must be >= 0")
-    if args.resume and not (Path(args.out) / "resume.ckpt").is_file():
-        raise InputError(f"{Path(args.out) / 'resume.ckpt'}: nothing to resume (no such file)")
+@dataclass
+class PretrainConfig:
+    """What ``hybrids dna pretrain`` trains (``run``: how the run runs; module docstring).
+
+    ``warmup_schedule``: context lengths trained in turn (``"1024,4096"`` or ``[1024, 4096]``), ending at
+    ``context``; ``None``: ``context`` only. ``init``: a checkpoint folder to start from instead of a
+    random ``preset``. ``clip_grad`` 0: no gradient clipping.
+    """
+
+    fasta: list[Path]
+    holdout_fraction: float = 0.1
+    context: int = 1024
+    warmup_schedule: str | list[int] | None = None
+    valid_context: int | None = None  # default: context
+    valid_max_tiles: int | None = None  # default: every tile
+    rc: bool = True  # reverse-complement augmentation
+    preset: str = "small"
+    init: Path | None = None
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    clip_grad: float = 1.0
+    valid_every: int = 200
+    run: RunOptions = field(default_factory=lambda: RunOptions(out=Path("runs/hybridna")))
+
+    def __post_init__(self) -> None:
+        paths = [self.fasta] if isinstance(self.fasta, str | Path) else self.fasta
+        self.fasta = [Path(p) for p in paths]
+        if self.init is not None:
+            self.init = Path(self.init)
+
+    @property
+    def schedule(self) -> list[int]:
+        """The context lengths trained in turn (``parse_schedule``)."""
+        return parse_schedule(self.warmup_schedule, self.context)
+
+    def check(self) -> None:
+        """Raise ``InputError`` (one line naming the flag) for values no run can use."""
+        if not self.fasta:
+            raise InputError("--fasta: give at least one FASTA or GenBank file")
+        for flag in ("steps", "batch_size", "valid_every", "context"):
+            if getattr(self, flag) < 1:
+                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        for flag in ("lr", "valid_context", "valid_max_tiles"):
+            value = getattr(self, flag)
+            if value is not None and value <= 0:
+                raise InputError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise InputError(f"--holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.warmup_steps < 0 or self.clip_grad < 0 or self.weight_decay < 0:
+            raise InputError("--warmup-steps, --clip-grad and --weight-decay must be >= 0")
+        if self.init is not None and not self.init.exists():
+            raise InputError(f"{self.init}: no such checkpoint (--init)")
+        if self.init is None:
+            from hybrids.apps.dna.hybridna import HybriDNAConfig
+
+            HybriDNAConfig.from_preset(self.preset)  # raises for an unknown --preset, naming the known ones
+        parse_schedule(self.warmup_schedule, self.context)  # raises for a bad --warmup-schedule
+        self.run.check()
+
+
+@dataclass
+class PretrainResult:
+    history: list[dict[str, Any]]  # every validation (OUT/history.json)
+    best: dict[str, Any] | None  # the validation with the lowest bits per base (OUT/best)
+    summary: dict[str, Any]  # records and bases read, trained on, held out
+    out: Path
+    is_global_zero: bool = True
 
 
 def load_genomes(paths, holdout_fraction: float, tokenizer) -> tuple[list, list, dict[str, Any]]:
@@ -112,139 +185,121 @@ def load_genomes(paths, holdout_fraction: float, tokenizer) -> tuple[list, list,
     return train, valid, summary
 
 
-def build_lm(args: argparse.Namespace, vocab_size: int):
-    """A trainable HybriDNA: from ``--init`` or random at ``--preset`` (registered as ``dna/hybridna``
-    when the registry knows it, so ``load_checkpoint`` rebuilds it)."""
-    from hybrids.apps.dna.hybridna import HybriDNA, HybriDNAConfig
+def build_lm(config: PretrainConfig, vocab_size: int):
+    """A trainable HybriDNA: from ``config.init`` or random at ``config.preset`` (``dna/hybridna``)."""
+    from hybrids.apps.core.registry import create_model
+    from hybrids.apps.dna.hybridna import HybriDNAConfig
+    from hybrids.apps.dna.models import load_lm
 
-    if args.init:
-        from hybrids.apps.dna.finetune import load_lm
-
-        return load_lm(args.init).train()
-    cfg = HybriDNAConfig.from_preset(args.preset, max_seq_len=max(args.context, 1024))
+    if config.init:
+        return load_lm(config.init).train()
+    cfg = HybriDNAConfig.from_preset(config.preset, max_seq_len=max(config.context, 1024))
     if cfg.vocab_size < vocab_size:
         cfg = cfg.replace(vocab_size=vocab_size)
-    try:
-        from hybrids.apps.core.registry import create_model
-
-        model = create_model(MODEL_NAME, config=cfg)
-    except Exception as exc:  # models.py not there yet: the plain module
-        logger.debug("create_model(%s) failed (%s); building HybriDNA directly", MODEL_NAME, exc)
-        model = HybriDNA(cfg)
-        model.model_name = MODEL_NAME
-    return model.train()
+    return create_model(MODEL_NAME, config=cfg).train()
 
 
-def _log_version(out: Path, resume: bool) -> str:
-    """Lightning's ``metrics.csv`` goes to ``OUT``, or ``OUT/resumed_N`` for the N-th ``--resume``."""
-    if not resume:
-        return ""
-    n = 1
-    while (out / f"resumed_{n}").exists():
-        n += 1
-    return f"resumed_{n}"
-
-
-def pretrain(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``hybrids dna pretrain`` (module docstring); returns ``{"history", "best", "summary"}``."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.loggers import CSVLogger
-
-    from hybrids.apps.dna.training import CausalLMModule, GenomeDataModule, LMCheckpoint, quiet_lightning
+def pretrain(config: PretrainConfig) -> PretrainResult:
+    """Pretrain as ``config`` says (module docstring); every process returns."""
+    from hybrids.apps.core.training import RunCheckpoint, build_trainer, default_threads, fit
+    from hybrids.apps.dna.training import CausalLMModule, GenomeDataModule
     from hybrids.datasets.dna import DNATokenizer
 
-    check_args(args)
-    schedule = parse_schedule(args.warmup_schedule, args.context)
-    quiet_lightning(getattr(args, "verbose", 0))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    L.seed_everything(args.seed, workers=True, verbose=False)
+    config.check()
+    run = config.run
+    schedule = config.schedule
     tokenizer = DNATokenizer()
-    train_parts, valid_parts, summary = load_genomes(args.fasta, args.holdout_fraction, tokenizer)
+    train_parts, valid_parts, summary = load_genomes(config.fasta, config.holdout_fraction, tokenizer)
     longest = max(len(t) for t in train_parts)
     if longest < schedule[0]:
         raise InputError(
             f"the longest training part has {longest} bases, fewer than the context {schedule[0]}"
         )
-    model = build_lm(args, tokenizer.vocab_size)
-    devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
-    epoch_steps = max(1, -(-args.steps // len(schedule)))
+    preprocessing = {
+        "tokenizer": tokenizer.to_dict(),
+        "bos": True,
+        "context": config.context,
+        "echo_embedding": "<bos> x x; mean of the second copy",
+    }
+    recipe = {
+        "fasta": [str(p) for p in config.fasta],
+        **summary,
+        "holdout_fraction": config.holdout_fraction,
+        "schedule": schedule,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "rc_augmentation": bool(config.rc),
+        "seed": run.seed,
+        "init": str(config.init) if config.init else None,
+        "command": run.command,
+    }
+
+    def record(trainer: Any, module: CausalLMModule) -> dict[str, Any] | None:
+        if module.valid_bpb is None:
+            return None
+        data = trainer.datamodule
+        context = data.context_at(trainer.current_epoch) if data is not None else None
+        return {"context": context, "valid_bpb": module.valid_bpb}
+
+    def describe(rec: dict[str, Any], improved: bool) -> str:
+        return (
+            f"step {rec['step']} (context {rec['context']}): valid {rec['valid_bpb']:.4f} bits/base"
+            f"{' (best)' if improved else ''}"
+        )
+
+    checkpoint = RunCheckpoint(
+        run.out,
+        record=record,
+        score=lambda rec: -rec["valid_bpb"],
+        describe=describe,
+        extra={"training": recipe},
+    )
+    trainer = build_trainer(  # seeds: the model's initial weights below follow --seed
+        run,
+        callbacks=[checkpoint],
+        max_steps=config.steps,
+        max_epochs=-1,
+        val_check_interval=config.valid_every,
+        check_val_every_n_epoch=None,
+        reload_dataloaders_every_n_epochs=1,
+        gradient_clip_val=config.clip_grad,
+        log_every_n_steps=min(50, config.valid_every),
+    )
+    model = build_lm(config, tokenizer.vocab_size)
+    model.preprocessing = preprocessing
     data = GenomeDataModule(
         train_parts,
         valid_parts,
         schedule=schedule,
-        batch_size=args.batch_size,
-        epoch_steps=epoch_steps,
-        valid_context=args.valid_context or args.context,
-        valid_max_tiles=args.valid_max_tiles,
-        rc_prob=0.5 if args.rc else 0.0,
-        seed=args.seed,
+        batch_size=config.batch_size,
+        epoch_steps=max(1, -(-config.steps // len(schedule))),
+        valid_context=config.valid_context or config.context,
+        valid_max_tiles=config.valid_max_tiles,
+        rc_prob=0.5 if config.rc else 0.0,
+        seed=run.seed,
     )
     module = CausalLMModule(
         model,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=min(args.warmup_steps, args.steps),
-        total_steps=args.steps,
-    )
-    preprocessing = {
-        "tokenizer": tokenizer.to_dict(),
-        "bos": True,
-        "context": args.context,
-        "echo_embedding": "<bos> x x; mean of the second copy",
-    }
-    recipe = {
-        "fasta": [str(p) for p in args.fasta],
-        **summary,
-        "holdout_fraction": args.holdout_fraction,
-        "schedule": schedule,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "rc_augmentation": bool(args.rc),
-        "seed": args.seed,
-    }
-    checkpoint = LMCheckpoint(args.out, preprocessing, recipe)
-    quiet = getattr(args, "quiet", 0) > 0
-    out = Path(args.out)
-    trainer = L.Trainer(
-        accelerator=args.accelerator,
-        devices=devices,
-        strategy=args.strategy,
-        precision=args.precision,
-        max_steps=args.steps,
-        max_epochs=-1,
-        max_time={"seconds": args.max_time * 60} if args.max_time else None,
-        val_check_interval=args.valid_every,
-        check_val_every_n_epoch=None,
-        reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0,
-        gradient_clip_val=args.clip_grad or None,
-        callbacks=[checkpoint],
-        logger=CSVLogger(out, name="", version=_log_version(out, args.resume)),
-        enable_checkpointing=False,
-        enable_progress_bar=not quiet,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, args.valid_every)),
-        default_root_dir=out,
-        inference_mode=False,  # no_grad: the SSD kernel caches masks that autograd reuses later
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=min(config.warmup_steps, config.steps),
+        total_steps=config.steps,
     )
     logger.info(
         "pretraining %s (%d parameters) on %d records (%d training bases, %d held out); "
-        "contexts %s, %d threads",
+        "contexts %s, %s threads",
         MODEL_NAME,
         sum(p.numel() for p in model.parameters()),
         summary["records"],
         summary["train_bases"],
         summary["valid_bases"],
         ",".join(map(str, schedule)),
-        torch.get_num_threads(),
+        default_threads(run) or "torch's default",
     )
-    ckpt = out / "resume.ckpt" if args.resume else None
-    if ckpt is None:
+    if not run.resume:
         trainer.validate(module, datamodule=data, verbose=False)  # the starting point
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True if ckpt else None)
+    fit(trainer, module, run, datamodule=data)
     if not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=data, verbose=False)  # the end point
-    return {"history": checkpoint.history, "best": checkpoint.best, "summary": summary}
+    return PretrainResult(checkpoint.history, checkpoint.best, summary, run.out, trainer.is_global_zero)

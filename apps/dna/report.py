@@ -21,24 +21,34 @@ Sections (each one only when its inputs are given):
    per length, each in a fresh subprocess (``-m`` or ``--preset``), with its wall time, tokens per second
    and peak resident memory (the subprocess's ``ru_maxrss``).
 
-Writes ``OUT/report.md`` and ``OUT/report.json`` (atomically) and prints the markdown.
+Writes ``OUT/report.md`` and ``OUT/report.json`` (atomically); ``hybrids dna report`` prints the markdown.
+From Python: ``report(ReportConfig(finetune=[Path("runs/tata"), Path("runs/tata_cnn")], out=Path("rep")))``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
 from hybrids.datasets.atomic import make_output_folder
 
-__all__ = ["gue_rows", "language_modelling", "long_context", "read_published", "report"]
+__all__ = [
+    "ReportConfig",
+    "ReportResult",
+    "gue_rows",
+    "language_modelling",
+    "long_context",
+    "read_published",
+    "render_markdown",
+    "report",
+]
 
 MARKOV_ORDERS = range(1, 13)
 
@@ -57,8 +67,8 @@ def language_modelling(
     """Held-out bits per base of ``checkpoint`` and of the dev-selected Markov model (module docstring)."""
     import torch
 
-    from hybrids.apps.dna.finetune import load_lm
     from hybrids.apps.dna.markov import MarkovModel, select_order
+    from hybrids.apps.dna.models import load_lm
     from hybrids.apps.dna.pretrain import load_genomes
     from hybrids.apps.dna.training import LN2, ValidationTiles, lm_token_losses
     from hybrids.datasets.dna import DNATokenizer, split_holdout
@@ -162,7 +172,7 @@ def read_published(path: Path) -> list[dict[str, Any]]:
 _FORWARD = """
 import json, resource, sys, time, torch
 from hybrids.apps.core.registry import create_model
-from hybrids.apps.dna.finetune import load_lm
+from hybrids.apps.dna.models import load_lm
 torch.set_num_threads({threads})
 if {checkpoint!r}:
     model = load_lm({checkpoint!r}).eval()
@@ -205,7 +215,8 @@ def long_context(
 
 
 # -- the report --------------------------------------------------------------------------------------------
-def _markdown(result: dict[str, Any]) -> str:
+def render_markdown(result: dict[str, Any]) -> str:
+    """The report's markdown (``report.md``) of what ``report.json`` holds."""
     lines = ["# HybriDNA benchmark report", ""]
     lm = result.get("language_modelling")
     if lm:
@@ -286,42 +297,88 @@ def compare_with_cnn(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def report(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``hybrids dna report`` (module docstring); returns what ``report.json`` holds."""
+@dataclass
+class ReportConfig:
+    """What ``hybrids dna report`` reports (module docstring); each section only when its inputs are
+    given: ``model`` + ``fasta`` (language modelling), ``finetune`` (+ ``published``), ``long_context``
+    (``model``, else a random ``preset``)."""
+
+    model: Path | None = None
+    fasta: list[Path] | None = None
+    holdout_fraction: float = 0.1
+    context: int = 1024
+    max_tiles: int | None = None
+    finetune: list[Path] | None = None
+    published: Path | None = None
+    long_context: list[int] | None = None
+    preset: str = "small"
+    threads: int | None = None  # torch threads (default: torch's; long context: 1)
+    out: Path = Path("dna_report")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("model", "published"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        for name in ("fasta", "finetune"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, [Path(p) for p in ([value] if isinstance(value, str | Path) else value)])
+
+    def check(self) -> None:
+        """Raise ``InputError`` (one line naming the flag) for values no report can use."""
+        if not (self.fasta or self.finetune or self.long_context):
+            raise InputError("nothing to report: give --fasta (with -m), --finetune RUN... or --long-context")
+        if self.fasta and not self.model:
+            raise InputError("--fasta needs -m CKPT (the language model to score)")
+        if not 0 < self.holdout_fraction < 1:
+            raise InputError(f"--holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
+        for flag in ("context", "max_tiles", "threads"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+        if self.long_context and min(self.long_context) < 1:
+            raise InputError(f"--long-context: token counts must be >= 1, got {self.long_context}")
+
+
+@dataclass
+class ReportResult:
+    data: dict[str, Any]  # what OUT/report.json holds
+    markdown: str  # what OUT/report.md holds
+    out: Path
+
+
+def report(config: ReportConfig) -> ReportResult:
+    """Measure and write the report ``config`` asks for (module docstring)."""
     from hybrids.datasets.atomic import atomic_write_text
 
-    if not (args.fasta or args.finetune or args.long_context):
-        raise InputError("nothing to report: give --fasta (with -m), --finetune RUN... or --long-context")
-    if args.fasta and not args.model:
-        raise InputError("--fasta needs -m CKPT (the language model to score)")
-    if args.threads:
+    config.check()
+    if config.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(config.threads)
     result: dict[str, Any] = {}
-    if args.fasta:
+    if config.fasta:
         result["language_modelling"] = language_modelling(
-            args.model,
-            args.fasta,
-            holdout_fraction=args.holdout_fraction,
-            context=args.context,
-            max_tiles=args.max_tiles,
+            config.model,
+            config.fasta,
+            holdout_fraction=config.holdout_fraction,
+            context=config.context,
+            max_tiles=config.max_tiles,
         )
-    if args.finetune:
-        rows = gue_rows(args.finetune)
+    if config.finetune:
+        rows = gue_rows(config.finetune)
         result["gue"] = rows
         result["gue_vs_cnn"] = compare_with_cnn(rows)
-    if args.published:
-        result["published"] = read_published(args.published)
-    if args.long_context:
+    if config.published:
+        result["published"] = read_published(config.published)
+    if config.long_context:
         result["long_context"] = long_context(
-            args.long_context, checkpoint=args.model, preset=args.preset, threads=args.threads or 1
+            config.long_context, checkpoint=config.model, preset=config.preset, threads=config.threads or 1
         )
-        result["long_context_model"] = str(args.model) if args.model else f"random `{args.preset}`"
-    out = Path(args.out)
-    make_output_folder(out)
-    text = _markdown(result)
-    atomic_write_text(out / "report.md", text + "\n")
-    atomic_write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
-    print(text)
-    return result
+        result["long_context_model"] = str(config.model) if config.model else f"random `{config.preset}`"
+    make_output_folder(config.out)
+    text = render_markdown(result)
+    atomic_write_text(config.out / "report.md", text + "\n")
+    atomic_write_text(config.out / "report.json", json.dumps(result, indent=2) + "\n")
+    return ReportResult(result, text, config.out)

@@ -13,20 +13,18 @@ Validation: bits per base (``-log2 p`` averaged over the A/C/G/T targets) on det
 non-overlapping tiles of the held-out tail of each record.
 
 Classification (``ClassificationModule``): cross-entropy on ``(tokens, label)`` batches, metrics on
-the dev set after each epoch (MCC, macro F1, AUROC), the weights with the best dev MCC are kept
-(``BestWeights``) and restored for the test set.
+the dev set after each validation (MCC, macro F1, AUROC) and on the test set.
+
+The run itself (Trainer, seed, threads, ``OUT/best``/``OUT/last``/``history.json``/``resume.ckpt``)
+is ``hybrids.apps.core.training``; the commands give its ``RunCheckpoint`` what to record
+(``CausalLMModule.valid_bpb``, ``ClassificationModule.last_metrics``).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import time
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -42,15 +40,6 @@ from hybrids.datasets.dna import ACGT_IDS, BOS_ID, PAD_ID, GenomeWindows
 logger = logging.getLogger("hybrids.dna.train")
 
 LN2 = math.log(2.0)
-
-
-def quiet_lightning(verbose: int = 0) -> None:
-    """Lightning's banner lines only with ``-v``; no warning about loaders without workers."""
-    level = logging.INFO if verbose else logging.WARNING
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(level)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -105,7 +94,7 @@ class CausalLMModule(L.LightningModule):
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
-        self.history: list[dict[str, Any]] = []
+        self.valid_bpb: float | None = None  # the last validation's bits per base
         self._nll = 0.0
         self._count = 0
 
@@ -122,6 +111,7 @@ class CausalLMModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._nll, self._count = 0.0, 0
+        self.valid_bpb = None
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         loss, mask = lm_token_losses(self.model, batch)
@@ -134,7 +124,7 @@ class CausalLMModule(L.LightningModule):
             nll = self.trainer.strategy.reduce(nll, reduce_op="sum")
         if nll[1] == 0:  # nothing was scored: never report a perfect 0 bits per base
             raise InputError("validation scored no A, C, G or T: the validation tiles hold only N")
-        bpb = float(nll[0] / nll[1] / LN2)
+        bpb = self.valid_bpb = float(nll[0] / nll[1] / LN2)
         self.log("valid_bpb", bpb, prog_bar=True, batch_size=1, rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -223,66 +213,6 @@ class ValidationTiles(Dataset):
         return self.tiles[int(self.index[i])]
 
 
-class LMCheckpoint(L.Callback):
-    """After each validation: ``DIR/last`` always, ``DIR/best`` when the validation bits per base is
-    the lowest so far (safetensors + config.json with the tokenizer), ``DIR/history.json``, and
-    ``DIR/resume.ckpt`` (Lightning's state, for ``--resume``)."""
-
-    def __init__(self, directory: str | Path, preprocessing: dict[str, Any], extra: dict[str, Any]) -> None:
-        self.directory = Path(directory)
-        self.preprocessing = preprocessing
-        self.extra = extra
-        self.best: float | None = None
-        self.history: list[dict[str, Any]] = []
-        self.start = time.monotonic()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": json.dumps(self.best), "history": json.dumps(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = json.loads(state_dict.get("best", "null"))
-        self.history = json.loads(state_dict.get("history", "[]"))
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking or "valid_bpb" not in trainer.callback_metrics:
-            return
-        bpb = float(trainer.callback_metrics["valid_bpb"])
-        record = {
-            "step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "context": trainer.datamodule.context_at(trainer.current_epoch) if trainer.datamodule else None,
-            "valid_bpb": bpb,
-            "seconds": round(time.monotonic() - self.start, 1),
-        }
-        if self.history and self.history[-1]["step"] == record["step"]:
-            return
-        self.history.append(record)
-        improved = self.best is None or bpb < self.best
-        if improved:
-            self.best = bpb
-        if not trainer.is_global_zero:
-            return
-        from hybrids.apps.core.checkpoint import save_checkpoint
-        from hybrids.datasets.atomic import atomic_write_text
-
-        extra = {"training": {**self.extra, **record}}
-        save_checkpoint(module.model, self.directory / "last", preprocessing=self.preprocessing, extra=extra)
-        if improved:
-            save_checkpoint(
-                module.model, self.directory / "best", preprocessing=self.preprocessing, extra=extra
-            )
-        atomic_write_text(self.directory / "history.json", json.dumps(self.history, indent=2) + "\n")
-        if record["step"] > 0:
-            trainer.save_checkpoint(self.directory / "resume.ckpt")
-        logger.info(
-            "step %d (context %s): valid %.4f bits/base%s",
-            record["step"],
-            record["context"],
-            bpb,
-            " (best)" if improved else "",
-        )
-
-
 # -- classification ----------------------------------------------------------------------------------
 
 
@@ -337,7 +267,7 @@ class ClassificationModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         tokens, labels = batch
         if self.rc_augment:
-            from hybrids.apps.dna.finetune import reverse_complement_padded
+            from hybrids.apps.dna.classifier import reverse_complement_padded
 
             flip = torch.rand(tokens.shape[0], device=tokens.device) < 0.5
             tokens = torch.where(flip[:, None], reverse_complement_padded(tokens), tokens)
@@ -381,42 +311,6 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return _optimizer(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps)
-
-
-class BestWeights(L.Callback):
-    """Keeps (in memory) the weights with the highest dev MCC (ties: lower dev loss) and the history."""
-
-    def __init__(self) -> None:
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
-        self.start = time.monotonic()
-
-    def on_validation_end(self, trainer: L.Trainer, module: ClassificationModule) -> None:
-        if trainer.sanity_checking or not module.last_metrics:
-            return
-        record = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            **{f"dev_{k}": v for k, v in module.last_metrics.items()},
-            "seconds": round(time.monotonic() - self.start, 1),
-        }
-        self.history.append(record)
-        key = (record["dev_mcc"], -record["dev_loss"])
-        if self.best is None or key > (self.best["dev_mcc"], -self.best["dev_loss"]):
-            self.best = record
-            self.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
-            )
-        logger.info(
-            "step %d: dev MCC %.4f, F1 %.4f, AUROC %.4f, loss %.4f%s",
-            record["step"],
-            record["dev_mcc"],
-            record["dev_f1"],
-            record["dev_auroc"],
-            record["dev_loss"],
-            " (best)" if self.best is record else "",
-        )
 
 
 class ListDataset(Dataset):

@@ -123,7 +123,7 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train as ``config`` says (module docstring); every process returns."""
-    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit
+    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, seed_run
     from hybrids.apps.medical.training import (
         MedicalDataModule,
         SegmentationModule,
@@ -137,6 +137,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     config.check()
     run = config.run
+    seed_run(run)  # before the model is built: its initial weights follow --seed
     try:
         dataset = read_msd_dataset(config.data)
         train_names, valid_names = kfold_split(dataset.case_names, config.fold, config.folds)

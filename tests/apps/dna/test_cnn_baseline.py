@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from hybrids.apps.cli import main
+from hybrids.apps.core.checkpoint import load_checkpoint
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.registry import create_model
+from hybrids.apps.dna.classifier import reverse_complement_padded
 from hybrids.apps.dna.cnn_baseline import CNNClassifier, CNNConfig
-from hybrids.apps.dna.finetune import load_classifier, reverse_complement_padded
 from hybrids.datasets.dna import PAD_ID, DNATokenizer
 
 
@@ -49,6 +51,18 @@ def test_rc_average_is_strand_symmetric():
         torch.testing.assert_close(
             model(reverse_complement_padded(batch)), model(batch), atol=1e-5, rtol=1e-5
         )
+
+
+def test_registered_with_a_tiny_preset(tmp_path):
+    from hybrids.apps.core.checkpoint import save_checkpoint
+
+    model = create_model("dna/cnn_classifier", preset="tiny", num_classes=3, rc_average=True).eval()
+    save_checkpoint(model, tmp_path / "c")
+    again = create_model("dna/cnn_classifier", weights=tmp_path / "c").eval()
+    assert again.config == model.config
+    batch = padded("ACGTTGCAACGGA", "GATTACA")
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch), model(batch))
 
 
 def test_config_validation():
@@ -89,6 +103,7 @@ def test_cnn_learns_prom_core_tata(shared_data, tmp_path, capsys):
     # TATA promoters vs non-promoters: even a 4k-parameter CNN gets well above chance in 3 short epochs
     assert result["dev"]["mcc"] > 0.3 and result["test"]["mcc"] > 0.3, result
     assert result["test"]["auroc"] > 0.7
-    model = load_classifier(out / "best")
-    assert isinstance(model, CNNClassifier) and not model.training
+    model = load_checkpoint(out / "best")
+    assert isinstance(model, CNNClassifier) and model.model_name == "dna/cnn_classifier"
+    assert model.config.channels == CNNConfig.from_preset("tiny").channels
     assert "cnn, selected at step" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from hybrids.apps.cli import main
 from hybrids.apps.core.checkpoint import load_checkpoint, save_checkpoint
 from hybrids.apps.core.registry import create_model
-from hybrids.apps.dna.finetune import echo_embeddings
+from hybrids.apps.dna.classifier import echo_embeddings
 from hybrids.datasets.dna import BOS_ID, DNATokenizer, read_sequences
 
 PLASMID = "dna/genomes/NC_005816.fna"
@@ -75,6 +75,8 @@ def test_pretrain_outputs(pretrained):
     assert info["model"] == "dna/hybridna"
     assert info["preprocessing"]["tokenizer"]["type"] == "single_nucleotide"
     assert info["training"]["schedule"] == [64, 128, 256]
+    assert info["training"]["seed"] == 42  # the run options' default
+    assert info["training"]["command"].startswith("hybrids -q dna pretrain --fasta")
     model = load_checkpoint(pretrained / "best")
     best = min(history, key=lambda r: r["valid_bpb"])
     assert info["training"]["valid_bpb"] == pytest.approx(best["valid_bpb"])

@@ -57,7 +57,7 @@ def test_language_modelling_matches_an_independent_fit(shared_data, tmp_path):
     expected = MarkovModel(order).fit(train).bits_per_base(valid)
     assert result["markov"]["bits_per_base"] == pytest.approx(expected, rel=1e-12)
     # the model's number is the mean -log2 p over the A/C/G/T targets of the same 5 tiles
-    from hybrids.apps.dna.finetune import load_lm
+    from hybrids.apps.dna.models import load_lm
 
     model = load_lm(tmp_path / "lm").eval()
     tiles = ValidationTiles(valid, 128, 5)

@@ -3,7 +3,6 @@ the classifier's invariances, dev-only model selection and the end-to-end run on
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,13 +10,9 @@ import pytest
 import torch
 
 from hybrids.apps.cli import main
+from hybrids.apps.core.checkpoint import load_checkpoint
 from hybrids.apps.core.registry import create_model
-from hybrids.apps.dna.finetune import (
-    HybriDNAClassifier,
-    echo_inputs,
-    load_classifier,
-    reverse_complement_padded,
-)
+from hybrids.apps.dna.classifier import HybriDNAClassifier, echo_inputs, reverse_complement_padded
 from hybrids.apps.dna.training import classification_metrics, warmup_cosine
 from hybrids.datasets.dna import BOS_ID, PAD_ID, DNATokenizer, reverse_complement
 
@@ -137,8 +132,17 @@ def test_finetune_hybridna_end_to_end(shared_data, tmp_path, capsys):
     assert result["selected"]["step"] == best["step"]  # selected on dev, not test
     for key in ("mcc", "f1", "auroc"):
         assert -1.0 <= result["test"][key] <= 1.0
-    # the saved classifier reproduces the test metrics
-    model = load_classifier(out / "best")
+    assert (out / "last" / "model.safetensors").is_file() and (out / "resume.ckpt").is_file()
+    assert json.loads((out / "history.json").read_text()) == result["history"]
+    info = json.loads((out / "best" / "config.json").read_text())
+    assert info["model"] == "dna/hybridna_classifier" and info["config"]["pooling"] == "mean+max"
+    assert info["test"] == result["test"] and info["dev"] == result["dev"]
+    assert info["training"]["step"] == result["selected"]["step"]
+    assert info["training"]["init"] == str(tmp_path / "lm") and info["training"]["seed"] == 42
+    assert info["preprocessing"]["tokenizer"]["type"] == "single_nucleotide"
+    # the saved classifier is a registered model and reproduces the test metrics
+    model = load_checkpoint(out / "best").eval()
+    assert isinstance(model, HybriDNAClassifier) and model.rc_average and model.pooling == "mean+max"
     tok = DNATokenizer()
     from hybrids.datasets.dna import read_gue_csv
 
@@ -177,10 +181,20 @@ def test_finetune_bad_inputs(extra, needle, shared_data, tmp_path, capsys):
     assert err.count("\n") == 0 and needle in err, err
 
 
-def test_check_args_namespace():
+def test_config_check_without_argparse(tmp_path):
     from hybrids.apps.core.errors import InputError
-    from hybrids.apps.dna.finetune import check_args
+    from hybrids.apps.core.run_options import RunOptions
+    from hybrids.apps.dna.finetune import FinetuneConfig
 
-    ns = argparse.Namespace(epochs=1, batch_size=1, lr=None, max_time=None, valid_every=None, max_train=1)
-    with pytest.raises(InputError, match="--max-train"):
-        check_args(ns)
+    run = RunOptions(out=tmp_path / "o")
+    for fields, needle in [
+        ({"max_train": 1}, "--max-train"),
+        ({"pooling": "sum"}, "--pooling"),
+        ({"model": "rnn"}, "--model"),
+        ({"lr": 0.0}, "--lr"),
+        ({"run": RunOptions(out=tmp_path / "o", devices=2)}, "one device"),
+        ({"run": RunOptions(out=tmp_path / "o", resume=True)}, "nothing to resume"),
+    ]:
+        with pytest.raises(InputError, match=needle):
+            FinetuneConfig(**{"task": tmp_path, "run": run, **fields}).check()
+    assert not (tmp_path / "o").exists()
