@@ -1,9 +1,10 @@
 """The weights resolver: every pretrained file the suite uses is found, fetched and checked here.
 
-A ``WeightsEntry`` records where a file comes from (URL), what it must be (full sha256), under
-which licence it may be used, and the preprocessing the model expects with it (sample rate, STFT,
-voxel spacing, intensity normalisation, tokenizer, band list...). ``resolve_weights`` turns an
-entry name or a user's path into a verified local file:
+A ``WeightsEntry`` records where a file comes from (URL), what it must be (full sha256; only where
+the publisher gives none, ``sha256_prefix``: the published prefix, or nothing), under which licence
+it may be used, and the preprocessing the model expects with it (sample rate, STFT, voxel spacing,
+intensity normalisation, tokenizer, band list...). ``resolve_weights`` turns an entry name or a
+user's path into a verified local file:
 
 1. a path the user gave (``--weights PATH``) is used as is (checked against the entry's sha256
    when it carries the entry's file name);
@@ -81,20 +82,38 @@ class WeightsEntry:
     # no url/sha256/filename of its own; its loaded object is the list of the parts' objects (each
     # read with its part's pickle allow-list), handed to its to_state_dict and to_config.
     parts: tuple[str, ...] = ()
+    # Only where the publisher gives no full digest: the part of it that is published, checked as a
+    # prefix of the file's sha256 (torch.hub-style file names carry 8 hex digits: resnet50-0676ba61.pth),
+    # or "" where no hash is published at all (then nothing is hash-checked; the download says so).
+    # None (the default): ``sha256`` is required.
+    sha256_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.parts:
-            if self.url or self.sha256 or self.filename:
+            if self.url or self.sha256 or self.filename or self.sha256_prefix is not None:
                 raise ValueError(f"weights {self.name!r}: an entry with parts has no url, sha256 or filename")
             return
         if not self.url or not self.license:
             raise ValueError(f"weights {self.name!r}: a url and a licence are required")
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise ValueError(f"weights {self.name!r}: sha256 must be 64 lower-case hex digits")
+        hexdigits = set("0123456789abcdef")
+        if self.sha256_prefix is not None and not self.sha256:
+            prefix = self.sha256_prefix
+            if prefix and (not 8 <= len(prefix) < 64 or not set(prefix) <= hexdigits):
+                raise ValueError(f"weights {self.name!r}: sha256_prefix must be 8-63 lower-case hex digits")
+        elif len(self.sha256) != 64 or not set(self.sha256) <= hexdigits or self.sha256_prefix is not None:
+            raise ValueError(
+                f"weights {self.name!r}: sha256 must be 64 lower-case hex digits (or give sha256_prefix only)"
+            )
         if not self.filename:
             object.__setattr__(self, "filename", Path(urllib.parse.urlparse(self.url).path).name)
         if not self.filename:
             raise ValueError(f"weights {self.name!r}: cannot derive a file name from {self.url!r}")
+
+    @property
+    def expected_sha256(self) -> str:
+        """What a file of this entry is checked against: the full digest, or the published prefix
+        (``""``: nothing, no hash is published)."""
+        return self.sha256 or self.sha256_prefix or ""
 
 
 _WEIGHTS: dict[str, WeightsEntry] = {}
@@ -148,11 +167,14 @@ def _stamp_path(path: Path) -> Path:
 
 
 def verify_file(path: Path, expected_sha256: str) -> None:
-    """Raise ``WeightsError`` unless ``path`` hashes to ``expected_sha256``.
+    """Raise ``WeightsError`` unless ``path`` hashes to ``expected_sha256`` (a full digest, or the
+    published prefix of one; ``""`` checks nothing).
 
     A verified file gets a ``<file>.sha256`` stamp recording its size and mtime, so a multi-GB
     checkpoint is hashed once, not at every load; any change to the file invalidates the stamp.
     """
+    if not expected_sha256:
+        return
     stat = path.stat()
     stamp = _stamp_path(path)
     expected_stamp = f"{expected_sha256} {stat.st_size} {stat.st_mtime_ns}"
@@ -162,9 +184,10 @@ def verify_file(path: Path, expected_sha256: str) -> None:
     except OSError:
         pass
     actual = sha256_file(path)
-    if actual != expected_sha256:
+    if not actual.startswith(expected_sha256):
+        what = "sha256" if len(expected_sha256) == 64 else "sha256 prefix"
         raise WeightsError(
-            f"{path}: sha256 mismatch (expected {expected_sha256}, got {actual}); "
+            f"{path}: {what} mismatch (expected {expected_sha256}, got {actual[: len(expected_sha256)]}); "
             "the file is corrupt or not the official one: delete it and download again"
         )
     try:
@@ -174,7 +197,8 @@ def verify_file(path: Path, expected_sha256: str) -> None:
 
 
 def download(url: str, destination: Path, sha256: str, *, timeout: float = 60.0) -> Path:
-    """Stream ``url`` into ``destination`` (atomically), verifying ``sha256`` on the way."""
+    """Stream ``url`` into ``destination`` (atomically), verifying ``sha256`` (a full digest or the
+    published prefix of one; ``""``: none is published) on the way."""
     digest = hashlib.sha256()
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
@@ -201,11 +225,13 @@ def download(url: str, destination: Path, sha256: str, *, timeout: float = 60.0)
             except (OSError, urllib.error.URLError) as exc:
                 raise _DownloadError(f"transfer interrupted ({exc})") from None
         actual = digest.hexdigest()
-        if actual != sha256:
+        if not actual.startswith(sha256):
             raise WeightsError(
                 f"{destination.name}: sha256 mismatch for {url} (expected {sha256}, got {actual}); "
                 "nothing was saved"
             )
+    if not sha256:
+        return destination
     stat = destination.stat()
     try:
         _stamp_path(destination).write_text(f"{sha256} {stat.st_size} {stat.st_mtime_ns}\n", encoding="ascii")
@@ -287,7 +313,7 @@ def _find_local(entry: WeightsEntry, search_dirs: Iterable[str | Path]) -> Path 
     for folder in [*search_dirs, cache_dir()]:
         candidate = Path(folder).expanduser() / entry.filename
         if candidate.is_file():
-            verify_file(candidate, entry.sha256)
+            verify_file(candidate, entry.expected_sha256)
             return candidate
     return None
 
@@ -312,8 +338,10 @@ def _fetch(
     print(f"Downloading weights {entry.name!r} from {entry.url}", file=sys.stderr)
     if licence:
         print(f"Licence: {licence}", file=sys.stderr)
+    if not entry.expected_sha256:
+        print("No sha256 is published for this file: it is checked only by loading it", file=sys.stderr)
     try:
-        download(entry.url, cached, entry.sha256)
+        download(entry.url, cached, entry.expected_sha256)
     except _DownloadError as exc:
         raise WeightsError(
             f"{label} could not be downloaded from {entry.url} ({exc}) and are not in the cache ({cached}): "
@@ -326,7 +354,7 @@ def _entry_for_file(path: Path) -> WeightsEntry | None:
     """The entry whose official file name ``path`` carries (then its hash is checked), if any."""
     for entry in _WEIGHTS.values():
         if not entry.parts and path.is_file() and path.name == entry.filename:
-            verify_file(path, entry.sha256)
+            verify_file(path, entry.expected_sha256)
             return entry
     return None
 

@@ -73,19 +73,16 @@ def add_parser(commands: Any) -> None:
     )
     add_train_arguments(train)
     train.set_defaults(func=run_train)
-    from hybrids.apps.medical.pretrain_dino import add_pretrain_dino_arguments, run_pretrain_dino
-
     pretrain_dino = verbs.add_parser(
         "pretrain-dino",
         help="DINO self-supervised pretraining of a ViT on unlabeled slices (DIAMANT's attention encoder)",
         description="Pretrain a ViT with DINO (student/EMA teacher, multi-crop, centering and sharpening) on "
         "the 2-D slices of every volume in an MSD folder's imagesTr or a folder of NIfTI files; writes "
-        "OUT/teacher (model.safetensors + config.json) and OUT/attention_maps.png. Resumable (--resume).",
+        "OUT/teacher (a medical/dino_vit checkpoint folder: model.safetensors + config.json) and "
+        "OUT/attention_maps.png. Resumable (--resume).",
     )
     add_pretrain_dino_arguments(pretrain_dino)
     pretrain_dino.set_defaults(func=run_pretrain_dino)
-    from hybrids.apps.medical.report import add_report_arguments, run_report
-
     report = verbs.add_parser(
         "report",
         help="compare trained model folders on their shared validation cases (Dice, HD95, size, speed)",
@@ -290,6 +287,167 @@ def run_segment(args: argparse.Namespace) -> int:
     from hybrids.apps.medical.segment import SegmentConfig, segment
 
     return segment(config_from_args(SegmentConfig, args, inputs=[*args.inputs, *args.more_inputs]))
+
+
+def add_pretrain_dino_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``pretrain-dino``: one per ``DINOConfig`` field (same name, same default), run flags."""
+    from hybrids.apps.medical.dino_vit import VIT_INPUTS
+    from hybrids.apps.medical.pretrain_dino import ARCHS, DINOConfig
+
+    d = DINOConfig(data=Path("."))
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="MSD folder (imagesTr/) or folder of NIfTI files",
+    )
+    data.add_argument(
+        "--slice-axis", type=int, default=d.slice_axis, choices=(0, 1, 2), help="slice axis (default: 2)"
+    )
+    data.add_argument("--cases", type=int, metavar="N", help="use the first N cases only (quick runs)")
+    data.add_argument(
+        "--val-cases",
+        type=int,
+        default=d.val_cases,
+        metavar="N",
+        help="held-out cases for the attention figure (%(default)s)",
+    )
+    data.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="pretrain on fold K's training cases only (nnU-Net's split, as `hybrids medical train "
+        "--fold K`), so the validation images stay unseen; the figure shows the last --val-cases of its "
+        "validation cases (default: every case but the last --val-cases)",
+    )
+    data.add_argument("--folds", type=int, default=d.folds, help="folds of the split (default: %(default)s)")
+    data.add_argument(
+        "--figure-size",
+        type=int,
+        metavar="S",
+        help="ViT input side for the attention figure (default: 2 x --image-size, a patch grid twice as "
+        "fine, as DINO's visualize_attention.py shows 224-trained models at 480)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", choices=ARCHS, default=d.arch, help="ViT size (default: %(default)s)")
+    model.add_argument(
+        "--patch-size", type=int, choices=(8, 16), default=d.patch_size, help="patch size (%(default)s)"
+    )
+    model.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        metavar="S",
+        help="ViT input / global crop size (default: %(default)s)",
+    )
+    model.add_argument(
+        "--vit-input",
+        choices=VIT_INPUTS,
+        default=d.vit_input,
+        help="slice -> S x S: resize (default) or pad",
+    )
+    model.add_argument("--embed-dim", type=int, help="override the architecture's width")
+    model.add_argument("--depth", type=int, help="override the number of blocks")
+    model.add_argument("--heads", type=int, help="override the number of heads")
+    model.add_argument(
+        "--out-dim", type=int, default=d.out_dim, metavar="K", help="DINO head outputs (%(default)s)"
+    )
+    model.add_argument(
+        "--head-hidden-dim", type=int, default=d.head_hidden_dim, help="DINO head MLP width (%(default)s)"
+    )
+    model.add_argument(
+        "--no-head-bn",
+        dest="head_bn",
+        action="store_false",
+        help="no BatchNorm in the DINO head (DINO's ViT recipe); the default adds it (DINO's "
+        "--use_bn_in_head): without it short runs on small data collapse to a uniform teacher",
+    )
+    model.add_argument(
+        "--local-crops",
+        type=int,
+        default=d.local_crops,
+        metavar="N",
+        help="local crops per image (%(default)s)",
+    )
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    optim.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=d.steps_per_epoch,
+        help="optimiser steps per epoch (%(default)s)",
+    )
+    optim.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="slices per step and device (%(default)s)"
+    )
+    optim.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 x global batch / 256)")
+    optim.add_argument(
+        "--teacher-temp",
+        type=float,
+        default=d.teacher_temp,
+        help="teacher temperature after the warm-up from --warmup-teacher-temp (%(default)s)",
+    )
+    optim.add_argument(
+        "--warmup-teacher-temp",
+        type=float,
+        default=d.warmup_teacher_temp,
+        help="teacher temperature at the start (%(default)s)",
+    )
+    optim.add_argument(
+        "--momentum-teacher",
+        type=float,
+        default=d.momentum_teacher,
+        help="teacher EMA momentum at the start, cosine to 1 (%(default)s; short runs learn faster "
+        "with 0.99)",
+    )
+    optim.add_argument(
+        "--drop-path", type=float, default=d.drop_path, help="student stochastic depth (%(default)s)"
+    )
+    add_run_arguments(parser, default_out=str(d.run.out))
+
+
+def run_pretrain_dino(args: argparse.Namespace) -> int:
+    from hybrids.apps.medical.pretrain_dino import DINOConfig, pretrain_dino
+
+    result = pretrain_dino(config_from_args(DINOConfig, args))
+    if result.is_global_zero:
+        figure = f"; attention maps: {result.figure}" if result.figure is not None else ""
+        print(f"teacher: {result.teacher}{figure}")
+    return 0
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``report``: one per ``ReportConfig`` field."""
+    parser.add_argument(
+        "-m", "--models", nargs="+", required=True, type=Path, metavar="DIR", help="model folders to compare"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, metavar="DIR", help="the MSD dataset folder they were trained on"
+    )
+    parser.add_argument("-o", "--output", type=Path, default=Path("report"), help="report folder (report/)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the timing (default: 1)")
+    parser.add_argument("--tolerance", type=float, default=1.0, metavar="MM", help="NSD tolerance in mm (1)")
+    parser.add_argument(
+        "--flops-size",
+        type=_ints,
+        metavar="HxW",
+        help="window the GFLOPs are counted on (default: the largest inference window of the models, "
+        "e.g. 48x64 for the 2-D hippocampus models)",
+    )
+    parser.add_argument(
+        "--attention-png", action="store_true", help="also draw the DINO attention maps of a DIAMANT model"
+    )
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from hybrids.apps.medical.report import ReportConfig, markdown_table, report
+
+    result = report(config_from_args(ReportConfig, args))
+    print(markdown_table(result.rows, result.labels))
+    logger.info("wrote %s", ", ".join(str(p) for p in result.written))
+    return 0
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

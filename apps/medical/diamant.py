@@ -50,7 +50,6 @@ resizing.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,98 +376,27 @@ class DIAMANT(nn.Module):
 
 
 # -- loading DINO weights -----------------------------------------------------------------------------------
-def _strip(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """DINO checkpoints: take ``teacher`` if present, drop ``module.``/``backbone.`` prefixes and the head."""
-    if "teacher" in state and isinstance(state["teacher"], dict):
-        state = state["teacher"]
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "backbone."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        if key.startswith("head.") or not isinstance(value, Tensor):
-            continue
-        out[key] = value
-    return out
+def read_attention_encoder(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(vit_* config fields, ViT state dict)`` of a DINO teacher: a ``pretrain-dino`` teacher folder (a
+    ``medical/dino_vit`` checkpoint) or its ``model.safetensors``, or an official DINO ``.pth`` / full
+    training checkpoint (read safely; its shape from its tensors): see
+    :func:`hybrids.apps.medical.dino_vit.load_teacher`. A teacher folder also gives the input size
+    (``image_size``, which must be the ViT's ``img_size``) and ``vit_input`` (resize / pad)."""
+    from hybrids.apps.medical.dino_vit import VIT_INPUTS, load_teacher
 
-
-def _vit_config_from_json(info: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``vit_*`` fields from a teacher ``config.json`` (``hybrids medical pretrain-dino``'s): the ViT's
-    keyword arguments under ``config`` (or ``vit``, or the top level), the input size ``image_size``
-    (must equal the ViT's ``img_size``, as pretrain-dino writes it) and ``vit_input`` (resize / pad)."""
-    cfg: dict[str, Any] = {}
-    for source in (info, info.get("vit") or {}, info.get("config") or {}):
-        if isinstance(source, dict):
-            cfg.update({k: v for k, v in source.items() if k in (*_VIT_FIELDS, "mlp_ratio")})
-    size = info.get("image_size", cfg.get("img_size"))
-    if isinstance(size, (list, tuple)):
-        if len({int(s) for s in size}) != 1:
-            raise InputError(f"{path}: DIAMANT needs a square ViT input, config has {size}")
-        size = int(size[0])
-    if size is None or "num_heads" not in cfg or "embed_dim" not in cfg:
-        raise InputError(f"{path}: config.json has no ViT config (img_size, embed_dim, num_heads, ...)")
-    if int(cfg.setdefault("img_size", size)) != int(size):
-        raise InputError(f"{path}: image_size {size} differs from the ViT's img_size {cfg['img_size']}")
-    out: dict[str, Any] = {_VIT_FIELDS[k]: int(v) for k, v in cfg.items() if k in _VIT_FIELDS}
-    if "mlp_ratio" in cfg:
-        out["vit_mlp_ratio"] = float(cfg["mlp_ratio"])
+    vit, info = load_teacher(path)
+    cfg = vit.config
+    size = info.get("image_size", cfg.img_size)
+    if int(size) != cfg.img_size:
+        raise InputError(f"{path}: image_size {size} differs from the ViT's img_size {cfg.img_size}")
+    out: dict[str, Any] = {field: int(getattr(cfg, key)) for key, field in _VIT_FIELDS.items()}
+    out["vit_mlp_ratio"] = float(cfg.mlp_ratio)
     mode = info.get("vit_input")
     if mode is not None:
-        if mode not in ("resize", "pad"):
+        if mode not in VIT_INPUTS:
             raise InputError(f"{path}: vit_input must be resize or pad, got {mode!r}")
         out["vit_input"] = mode
-    return out
-
-
-def read_attention_encoder(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(vit_* config fields, ViT state dict)`` of a DINO teacher folder (``model.safetensors`` +
-    ``config.json``), its ``.safetensors`` file, or an official DINO ``.pth`` checkpoint (read with
-    ``torch.load(weights_only=True)``; its shape is inferred from the tensors, the input size is 224)."""
-    path = Path(path)
-    if path.is_dir():
-        weights, config_path = path / "model.safetensors", path / "config.json"
-    elif path.suffix == ".safetensors":
-        weights, config_path = path, path.with_name("config.json")
-    else:
-        weights, config_path = path, None
-    if not weights.is_file():
-        raise InputError(f"{weights}: no such file (DINO teacher weights)")
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = _strip(load_file(str(weights)))
-    else:
-        try:
-            state = _strip(torch.load(weights, map_location="cpu", weights_only=True))
-        except Exception as exc:  # any unreadable pickle is a user error
-            kind = exc.__class__.__name__
-            raise InputError(f"{weights}: not a readable DINO checkpoint ({kind})") from None
-    if config_path is not None and config_path.is_file():
-        vit_config = _vit_config_from_json(json.loads(config_path.read_text()), config_path)
-    else:
-        vit_config = _infer_vit_config(state, weights)
-    return vit_config, state
-
-
-def _infer_vit_config(state: dict[str, Tensor], path: Path) -> dict[str, Any]:
-    """Official DINO ViTs: embed_dim, patch size and channels from ``patch_embed.proj.weight``, depth
-    from the block count, heads from the DINO family (ViT-S: 6, ViT-B: 12, ViT-Ti: 3)."""
-    proj = state.get("patch_embed.proj.weight")
-    if proj is None:
-        raise InputError(f"{path}: no patch_embed.proj.weight: not a DINO ViT checkpoint")
-    dim, chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    heads = {192: 3, 384: 6, 768: 12}.get(dim)
-    if heads is None:
-        raise InputError(f"{path}: cannot infer the heads of a ViT of width {dim}; use a teacher folder")
-    return {
-        "vit_img_size": 224,
-        "vit_patch_size": patch,
-        "vit_in_chans": chans,
-        "vit_embed_dim": dim,
-        "vit_depth": depth,
-        "vit_heads": heads,
-    }
+    return out, vit.state_dict()
 
 
 def load_attention_encoder(model: DIAMANT, path: str | Path) -> DIAMANT:

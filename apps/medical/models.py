@@ -1,15 +1,20 @@
-"""Registered medical segmentation models (imported lazily by ``hybrids.apps.core.registry``).
+"""Registered medical models (imported lazily by ``hybrids.apps.core.registry``).
 
-Every model follows one contract: ``forward(x (b, in_channels, *spatial)) -> logits (b, num_classes,
-*spatial)``, with attributes ``spatial_dims``, ``in_channels``, ``num_classes`` and ``size_divisor``.
+Every segmentation model follows one contract: ``forward(x (b, in_channels, *spatial)) -> logits
+(b, num_classes, *spatial)``, with attributes ``spatial_dims``, ``in_channels``, ``num_classes`` and
+``size_divisor``. ``medical/dino_vit`` is the ViT backbone that ``hybrids medical pretrain-dino``
+trains and DIAMANT reads attention maps from (``forward(x) -> (b, embed_dim)``, the CLS feature).
 """
 
 from __future__ import annotations
 
 from hybrids.apps.core.registry import register_model
+from hybrids.apps.medical import weights as _weights  # registers the encoders' weights entries
 from hybrids.apps.medical.diamant import DIAMANT, DIAMANTConfig
+from hybrids.apps.medical.dino_vit import TEACHER_MODEL, DINOViTConfig
 from hybrids.apps.medical.hiformer import HiFormer, HiFormerConfig
 from hybrids.apps.medical.swtr_unet import SWTRUnet, SWTRUnetConfig
+from hybrids.shared_blocks.vit import VisionTransformer
 
 # -- HiFormer (Heidari et al., WACV 2023) ---------------------------------------------------------------
 
@@ -54,3 +59,14 @@ def swtr_unet_3d(config: SWTRUnetConfig) -> SWTRUnet:
 def diamant(config: DIAMANTConfig) -> DIAMANT:
     """DIAMANT: U-Net image encoder + convolutional encoder of frozen DINO ViT-S/16 attention maps."""
     return DIAMANT(config)
+
+
+# -- DINO ViT (Caron et al. 2021): pretrain-dino's teacher, DIAMANT's attention encoder -----------------
+
+
+@register_model(
+    TEACHER_MODEL, config=DINOViTConfig, weights=(_weights.DINO_WEIGHTS[16], _weights.DINO_WEIGHTS[8])
+)
+def dino_vit(config: DINOViTConfig) -> VisionTransformer:
+    """DINO ViT backbone (default ViT-S/16 at 224): pretrain-dino's teacher, DIAMANT's attention encoder."""
+    return VisionTransformer(**config.to_dict())

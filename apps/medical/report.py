@@ -3,6 +3,10 @@
     hybrids medical report -m RUN_A/best RUN_B/best ... --data ../shared/data/hippocampus -o report/
                            [--threads 1] [--tolerance 1] [--attention-png]
 
+    from hybrids.apps.medical.report import ReportConfig, report
+    result = report(ReportConfig(models=[Path("runs/a/best"), Path("runs/b/best")], data=Path("hippocampus")))
+    print(markdown_table(result.rows, result.labels))
+
 Every folder must record the same validation cases (``config.json`` -> ``training.validation_cases``,
 as ``hybrids medical train`` writes them); otherwise the comparison is refused. Each model segments
 each validation image with the ``segment`` pipeline (:class:`hybrids.apps.medical.segment.Segmenter`,
@@ -26,7 +30,6 @@ DINO attention maps (one per head, and their mean) of the first model that has a
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -41,12 +44,54 @@ from hybrids.datasets.atomic import make_output_folder
 
 __all__ = [
     "ModelReport",
-    "add_report_arguments",
+    "ReportConfig",
+    "ReportResult",
     "compare_models",
     "count_flops",
-    "run_report",
+    "markdown_table",
+    "report",
     "write_report",
 ]
+
+
+@dataclass
+class ReportConfig:
+    """What ``hybrids medical report`` compares (the fields are its flags): the model folders, the MSD
+    folder they were trained on, the report folder, torch threads for the timing, the NSD tolerance
+    (mm), the window GFLOPs are counted on (``None``: the largest inference window of the models) and
+    whether to draw the DINO attention maps of a DIAMANT model."""
+
+    models: list[Path]
+    data: Path
+    output: Path = Path("report")
+    threads: int = 1
+    tolerance: float = 1.0
+    flops_size: tuple[int, ...] | None = None
+    attention_png: bool = False
+
+    def __post_init__(self) -> None:
+        self.models = [Path(m) for m in self.models]
+        self.data, self.output = Path(self.data), Path(self.output)
+        if self.flops_size is not None:
+            self.flops_size = tuple(int(v) for v in self.flops_size)
+
+    def check(self) -> None:
+        """Raise ``InputError`` (one line naming the flag) for values no report can use."""
+        if not self.models:
+            raise InputError("report: no model folders (-m)")
+        if self.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {self.threads}")
+        if not self.tolerance > 0:
+            raise InputError(f"--tolerance must be a positive number of mm, got {self.tolerance}")
+        if self.flops_size is not None and (not self.flops_size or min(self.flops_size) < 1):
+            raise InputError(f"--flops-size: sizes must be positive, got {self.flops_size}")
+
+
+@dataclass
+class ReportResult:
+    rows: list[ModelReport]  # one per model folder, in the order given
+    labels: dict[int, str]  # foreground label -> name
+    written: list[Path]  # report.csv, cases.csv, report.md (and attention.png)
 
 
 @dataclass
@@ -70,54 +115,19 @@ class ModelReport:
         return sum(values) / len(values) if values else math.nan
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-m", "--models", nargs="+", required=True, type=Path, metavar="DIR", help="model folders to compare"
-    )
-    parser.add_argument(
-        "--data", required=True, type=Path, metavar="DIR", help="the MSD dataset folder they were trained on"
-    )
-    parser.add_argument("-o", "--output", type=Path, default=Path("report"), help="report folder (report/)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the timing (default: 1)")
-    parser.add_argument("--tolerance", type=float, default=1.0, metavar="MM", help="NSD tolerance in mm (1)")
-    parser.add_argument(
-        "--flops-size",
-        type=_ints,
-        metavar="HxW",
-        help="window the GFLOPs are counted on (default: the largest inference window of the models, "
-        "e.g. 48x64 for the 2-D hippocampus models)",
-    )
-    parser.add_argument(
-        "--attention-png", action="store_true", help="also draw the DINO attention maps of a DIAMANT model"
-    )
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 48x64, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return values
-
-
-def run_report(args: argparse.Namespace) -> int:
-    import logging
-
-    if args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
+def report(config: ReportConfig) -> ReportResult:
+    """Compare ``config.models`` on their shared validation cases and write the report (module
+    docstring) into ``config.output``."""
+    config.check()
     rows, labels = compare_models(
-        args.models,
-        args.data,
-        threads=args.threads,
-        tolerance_mm=args.tolerance,
-        flops_size=args.flops_size,
+        config.models,
+        config.data,
+        threads=config.threads,
+        tolerance_mm=config.tolerance,
+        flops_size=config.flops_size,
     )
-    written = write_report(rows, labels, args.output, attention_png=args.attention_png, data=args.data)
-    print(markdown_table(rows, labels))
-    logging.getLogger("hybrids.medical").info("wrote %s", ", ".join(str(p) for p in written))
-    return 0
+    written = write_report(rows, labels, config.output, attention_png=config.attention_png, data=config.data)
+    return ReportResult(rows, labels, written)
 
 
 # -- measuring --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ImageNet-pretrained encoders of the medical models, and their loaders (no torchvision or timm import).
+"""Pretrained encoders of the medical models, and their loaders (no torchvision or timm import).
 
 HiFormer (``hiformer.py``) starts from torchvision's ImageNet ResNet-34 (HiFormer-S/L) or ResNet-50
 (HiFormer-B) and from the official Swin-T ImageNet-1k file, as the official code does
@@ -13,25 +13,26 @@ HiFormer (``hiformer.py``) starts from torchvision's ImageNet ResNet-34 (HiForme
 ``medical/dino_vits8``                      ``dino_deitsmall8_pretrain.pth`` (DINO ViT-S/8, Apache-2.0)
 =========================================  ============================================================
 
-The DINO files (the teacher backbones of Caron et al. 2021, self-supervised on ImageNet-1k; the URLs of
-the official ``hubconf.py``) are DIAMANT's attention encoder and the starting point of ``hybrids medical
-pretrain-dino``. They load into :class:`hybrids.shared_blocks.vit.VisionTransformer` with
-:func:`load_dino_backbone` (patch embedding adapted to the model's channels, position embedding resized
-to its grid).
+Each is a :class:`~hybrids.apps.core.weights.WeightsEntry` registered with the project's weights
+registry, so finding, downloading (into ``$HYBRIDS_CACHE`` or ``torch.hub.get_dir()/checkpoints``, with
+a progress bar; ``HYBRIDS_OFFLINE=1`` forbids it and the error names the file, its URL and the cache)
+and hash checks happen in one place, :func:`hybrids.apps.core.weights.resolve_weights`.
 
-**Hash checks.** The project's :class:`~hybrids.apps.core.weights.WeightsEntry` requires a full sha256,
-which is not published for these files and could not be found offline. torchvision's file names carry
-the first 8 hex digits of the file's sha256 (torch.hub checks that prefix), so these entries record the
-prefix and :func:`verify_encoder_file` checks it (a full digest is checked instead when one is recorded).
-The official Swin-T and DINO files have no published hash at all: they are checked by content only
-(every key and shape the encoder needs must be there). Downloads go to the project cache
-(``$HYBRIDS_CACHE`` or ``torch.hub.get_dir()/checkpoints``) through ``torch.hub.download_url_to_file``
-with the prefix check; ``HYBRIDS_OFFLINE=1`` forbids them and the error names the file, its URL and the
-cache folder.
+The DINO files (the teacher backbones of Caron et al. 2021, self-supervised on ImageNet-1k; the URLs of
+the official ``hubconf.py``) are the official weights of the registered ``medical/dino_vit``
+(``create_model("medical/dino_vit", weights="official")``), DIAMANT's attention encoder. With
+:func:`load_dino_backbone` they also load into a ViT of another input size or channel count (patch
+embedding adapted to the model's channels, position embedding resized to its grid).
+
+**Hash checks.** No full sha256 is published for these files. torchvision's file names carry the first
+8 hex digits of the file's sha256 (torch.hub checks that prefix): the ResNet entries record that
+prefix (``sha256_prefix``) and it is checked. The official Swin-T and DINO files have no published hash
+at all (``sha256_prefix=""``): they are checked by content only (every key and shape the encoder needs
+must be there when it is loaded).
 
 **Loading never unpickles arbitrary objects**: files are read by
-:func:`hybrids.apps.core.weights.read_weights_file` (safetensors, or a PyTorch file through
-``torch.load(weights_only=True)`` with no extra globals).
+:func:`hybrids.apps.core.weights.read_weights_file` (safetensors, or a PyTorch file through the
+restricted unpickler; a full DINO training checkpoint's ``args`` namespace becomes an inert stub).
 
 Use :func:`load_pretrained_encoders`::
 
@@ -46,32 +47,36 @@ same; its fixed-size ``attn_mask`` buffers and a ``DataParallel`` ``module.`` pr
 
 from __future__ import annotations
 
+import math
 import re
-import urllib.error
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from hybrids.apps.core.errors import CheckpointError, InputError, WeightsError
-from hybrids.apps.core.weights import cache_dir, load_into, offline, read_weights_file, sha256_file
+from hybrids.apps.core.errors import CheckpointError, InputError
+from hybrids.apps.core.weights import (
+    WeightsEntry,
+    get_weights,
+    load_into,
+    read_weights_file,
+    register_weights,
+    resolve_weights,
+)
 
 __all__ = [
-    "ENCODER_WEIGHTS",
+    "DINO_WEIGHTS",
     "IMAGENET",
-    "EncoderWeights",
     "dino_backbone_state_dict",
+    "dino_vit_config",
     "load_dino_backbone",
     "load_official_hiformer",
     "load_pretrained_encoders",
     "official_hiformer_state_dict",
     "resnet_encoder_state_dict",
-    "resolve_encoder_weights",
     "swin_encoder_state_dict",
-    "verify_encoder_file",
 ]
 
 IMAGENET = "imagenet"  # "the ImageNet file that fits the model"
@@ -85,139 +90,9 @@ _IMAGENET_TERMS = (
     "the weights were trained on ImageNet-1k, whose terms of access allow non-commercial research and "
     "educational use only"
 )
-
-
-@dataclass(frozen=True)
-class EncoderWeights:
-    """One pretrained encoder file: where it comes from, how it is checked, its licence."""
-
-    name: str
-    url: str
-    license: str
-    kind: str  # "resnet34" | "resnet50" | "swin_t" | "vit_small16" | "vit_small8"
-    sha256: str = ""  # full digest, when known
-    sha256_prefix: str = ""  # leading hex digits of the sha256 (torchvision file names carry 8)
-    filename: str = ""
-    preprocessing: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for label, value in (("sha256", self.sha256), ("sha256_prefix", self.sha256_prefix)):
-            if value and not re.fullmatch(r"[0-9a-f]+", value):
-                raise ValueError(f"encoder weights {self.name!r}: {label} must be lower-case hex")
-        if self.sha256 and len(self.sha256) != 64:
-            raise ValueError(f"encoder weights {self.name!r}: sha256 must have 64 hex digits")
-        if not self.filename:
-            object.__setattr__(self, "filename", self.url.rsplit("/", 1)[-1])
-
-
-ENCODER_WEIGHTS: dict[str, EncoderWeights] = {
-    entry.name: entry
-    for entry in (
-        EncoderWeights(
-            name="medical/resnet34_imagenet1k_v1",
-            url="https://download.pytorch.org/models/resnet34-b627a593.pth",
-            license=f"BSD-3-Clause (torchvision); {_IMAGENET_TERMS}",
-            kind="resnet34",
-            sha256_prefix="b627a593",
-            preprocessing=_IMAGENET_PREPROCESSING,
-        ),
-        EncoderWeights(
-            name="medical/resnet50_imagenet1k_v1",
-            url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
-            license=f"BSD-3-Clause (torchvision); {_IMAGENET_TERMS}",
-            kind="resnet50",
-            sha256_prefix="0676ba61",
-            preprocessing=_IMAGENET_PREPROCESSING,
-        ),
-        EncoderWeights(
-            name="medical/dino_vits16",
-            url="https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-            license=f"Apache-2.0 (facebookresearch/dino); {_IMAGENET_TERMS}",
-            kind="vit_small16",
-            preprocessing={**_IMAGENET_PREPROCESSING, "pretraining": _DINO_PRETRAINING, "image_size": 224},
-        ),
-        EncoderWeights(
-            name="medical/dino_vits8",
-            url="https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-            license=f"Apache-2.0 (facebookresearch/dino); {_IMAGENET_TERMS}",
-            kind="vit_small8",
-            preprocessing={**_IMAGENET_PREPROCESSING, "pretraining": _DINO_PRETRAINING, "image_size": 224},
-        ),
-        EncoderWeights(
-            name="medical/swin_tiny_patch4_window7_224",
-            url="https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth",
-            license=f"MIT (microsoft/Swin-Transformer); {_IMAGENET_TERMS}",
-            kind="swin_t",
-            preprocessing=_IMAGENET_PREPROCESSING,
-        ),
-    )
-}
 _DEFAULT_RESNET = {"resnet34": "medical/resnet34_imagenet1k_v1", "resnet50": "medical/resnet50_imagenet1k_v1"}
 _DEFAULT_SWIN = "medical/swin_tiny_patch4_window7_224"
-
-
-# -- resolving files ---------------------------------------------------------------------------------
-def verify_encoder_file(path: Path, entry: EncoderWeights) -> None:
-    """Raise ``WeightsError`` unless ``path`` hashes to the entry's sha256 (or starts with its prefix);
-    entries with neither are checked by content when loaded."""
-    expected = entry.sha256 or entry.sha256_prefix
-    if not expected:
-        return
-    actual = sha256_file(path)
-    if not actual.startswith(expected):
-        what = "sha256" if entry.sha256 else "sha256 prefix"
-        raise WeightsError(
-            f"{path}: {what} mismatch for {entry.name} (expected {expected}, got {actual[: len(expected)]}); "
-            "the file is corrupt or not the official one: delete it and download again"
-        )
-
-
-def _entry_for_path(path: Path) -> EncoderWeights | None:
-    return next((e for e in ENCODER_WEIGHTS.values() if e.filename == path.name), None)
-
-
-def resolve_encoder_weights(
-    spec: str | Path, *, search_dirs: Iterable[str | Path] = (), allow_download: bool | None = None
-) -> tuple[Path, EncoderWeights | None]:
-    """``(local file, entry or None)`` for an entry name or a path.
-
-    A path is used as is (hash-checked when it carries an official file name); a name is looked up in
-    ``search_dirs``, then in the cache, then downloaded (unless offline) with the prefix check.
-    """
-    if isinstance(spec, Path) or str(spec) not in ENCODER_WEIGHTS:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            known = ", ".join(sorted(ENCODER_WEIGHTS))
-            raise InputError(f"{path}: no such encoder weights file (or a name: {known})")
-        entry = _entry_for_path(path)
-        if entry is not None:
-            verify_encoder_file(path, entry)
-        return path, entry
-    entry = ENCODER_WEIGHTS[str(spec)]
-    for folder in [*search_dirs, cache_dir()]:
-        candidate = Path(folder).expanduser() / entry.filename
-        if candidate.is_file():
-            verify_encoder_file(candidate, entry)
-            return candidate, entry
-    target = cache_dir() / entry.filename
-    if allow_download is None:
-        allow_download = not offline()
-    hint = f"download it on a connected machine and pass its path, or copy it to {target}"
-    if not allow_download:
-        raise WeightsError(
-            f"encoder weights {entry.name} ({entry.filename}) are not in the cache ({target.parent}) and "
-            f"downloads are disabled (HYBRIDS_OFFLINE); the file is at {entry.url}: {hint}"
-        )
-    print(f"Downloading {entry.name} from {entry.url}\nLicence: {entry.license}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(entry.url, str(target), hash_prefix=entry.sha256_prefix or None)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise WeightsError(
-            f"encoder weights {entry.name} could not be downloaded from {entry.url} ({exc}): {hint}"
-        ) from None
-    verify_encoder_file(target, entry)
-    return target, entry
+DINO_WEIGHTS = {16: "medical/dino_vits16", 8: "medical/dino_vits8"}  # official ViT-S/p, by patch size
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -346,12 +221,12 @@ def load_pretrained_encoders(
                     "load_pretrained_encoders: this model's CNN is not a ResNet-34/50; pass a file"
                 )
             resnet = _DEFAULT_RESNET[kind]
-        path, _ = resolve_encoder_weights(resnet, search_dirs=search_dirs, allow_download=allow_download)
+        path, _ = resolve_weights(resnet, search_dirs=search_dirs, allow_download=allow_download)
         mapped = resnet_encoder_state_dict(_read_tensors(path), model.in_channels)
         expected = _expected(model, (f"{_PYRAMID}resnet_layers.", f"{_PYRAMID}p2.", f"{_PYRAMID}p3."))
         loaded["resnet"] = _load_part(model, mapped, expected, path, "ResNet")
     if swin is not None:
-        path, _ = resolve_encoder_weights(
+        path, _ = resolve_weights(
             _DEFAULT_SWIN if swin == IMAGENET else swin,
             search_dirs=search_dirs,
             allow_download=allow_download,
@@ -384,9 +259,6 @@ def load_official_hiformer(model: nn.Module, path: str | Path) -> None:
 
 
 # -- DINO ViT backbones --------------------------------------------------------------------------------------
-_DINO_DEFAULT = {8: "medical/dino_vits8", 16: "medical/dino_vits16"}
-
-
 def dino_backbone_state_dict(
     state_dict: Mapping[str, Any], model: nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
@@ -401,6 +273,8 @@ def dino_backbone_state_dict(
     from hybrids.shared_blocks.resnet import adapt_first_conv
     from hybrids.shared_blocks.vit import resize_pos_embed
 
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError("does not contain a state dict")
     for key in ("teacher", "student", "model", "state_dict"):
         if isinstance(state_dict.get(key), Mapping):
             state_dict = state_dict[key]
@@ -426,6 +300,42 @@ def dino_backbone_state_dict(
     return out
 
 
+_DINO_HEADS = {192: 3, 384: 6, 768: 12}  # DINO's ViT-Ti / ViT-S / ViT-B
+
+
+def dino_vit_config(loaded: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``medical/dino_vit`` config fields of a DINO checkpoint (official backbone file or full
+    training checkpoint), read from its tensors: the patch size, channels and width from
+    ``patch_embed.proj.weight``, the input size from the position-embedding grid, the depth from the
+    block count, the MLP ratio and the qkv bias from block 0; the heads (not in the tensors) from the
+    DINO family of that width (192: 3, 384: 6, 768: 12)."""
+    state = dino_backbone_state_dict(loaded)
+    proj, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    if proj is None or proj.dim() != 4 or pos is None or pos.dim() != 3:
+        raise CheckpointError("no patch_embed.proj.weight / pos_embed: not a DINO ViT checkpoint")
+    dim, chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+    grid = math.isqrt(int(pos.shape[1]) - 1)
+    if grid * grid != int(pos.shape[1]) - 1:
+        raise CheckpointError(f"pos_embed {tuple(pos.shape)} is not a square grid plus the CLS token")
+    heads = _DINO_HEADS.get(dim)
+    if heads is None:
+        raise InputError(
+            f"cannot tell the heads of a ViT of width {dim} (DINO's widths: 192, 384, 768); use a teacher "
+            "folder of `hybrids medical pretrain-dino`, which records them"
+        )
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    return {
+        "img_size": grid * patch,
+        "patch_size": patch,
+        "in_chans": chans,
+        "embed_dim": dim,
+        "depth": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        "num_heads": heads,
+        "mlp_ratio": float(fc1.shape[0]) / dim if fc1 is not None else 4.0,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+    }
+
+
 def load_dino_backbone(
     model: nn.Module,
     weights: str | Path = IMAGENET,
@@ -438,24 +348,69 @@ def load_dino_backbone(
 
     ``weights``: ``"imagenet"`` (the official ViT-S file of the model's patch size,
     ``dino_deitsmall{16,8}_pretrain.pth``; resolved from ``search_dirs`` / the cache, downloaded unless
-    offline), an entry name, or a file (an official ``.pth``, read with ``torch.load(weights_only=True)``
-    semantics by the restricted reader, or a ``.safetensors`` / ``pretrain-dino`` teacher folder). A
-    missing key or a wrong shape is one ``CheckpointError`` line.
+    offline), an entry name, or a file (an official ``.pth`` or a full DINO checkpoint, read by the
+    restricted reader, or a ``.safetensors`` / ``pretrain-dino`` teacher folder). A missing key or a wrong
+    shape is one ``CheckpointError`` line. ``create_model("medical/dino_vit", weights=...)`` builds the
+    ViT in the file's own shape instead.
     """
     if weights == IMAGENET:
         patch = int(getattr(model, "patch_size", 0))
-        if patch not in _DINO_DEFAULT or getattr(model, "embed_dim", None) != 384:
+        if patch not in DINO_WEIGHTS or getattr(model, "embed_dim", None) != 384:
             raise InputError(
                 f"load_dino_backbone: official DINO ViT-S weights exist for patch 8/16 and width 384, the "
                 f"model has patch {patch} and width {getattr(model, 'embed_dim', None)}; pass a file"
             )
-        weights = _DINO_DEFAULT[patch]
-    if Path(weights).is_dir():  # a pretrain-dino teacher folder
-        path = Path(weights)
-    else:
-        path, _ = resolve_encoder_weights(weights, search_dirs=search_dirs, allow_download=allow_download)
-    loaded = read_weights_file(path)
+        weights = DINO_WEIGHTS[patch]
+    path, entry = resolve_weights(weights, search_dirs=search_dirs, allow_download=allow_download)
+    loaded = read_weights_file(path, entry or get_weights(DINO_WEIGHTS[16]))  # DINO's pickle allow-list
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path}: does not contain a state dict")
     load_into(model, dino_backbone_state_dict(loaded, model), path)
     return path
+
+
+# -- the registered entries --------------------------------------------------------------------------------
+def _dino_entry(patch: int) -> WeightsEntry:
+    name = f"dino_deitsmall{patch}_pretrain"
+    return WeightsEntry(
+        name=DINO_WEIGHTS[patch],
+        url=f"https://dl.fbaipublicfiles.com/dino/{name}/{name}.pth",
+        sha256_prefix="",  # no hash is published; checked by content when loaded
+        license=f"Apache-2.0 (facebookresearch/dino); {_IMAGENET_TERMS}",
+        preprocessing={**_IMAGENET_PREPROCESSING, "pretraining": _DINO_PRETRAINING, "image_size": 224},
+        description=f"DINO ViT-S/{patch} teacher backbone, self-supervised on ImageNet-1k (Caron et al.)",
+        pickle_stubs=("argparse.Namespace",),  # a full training checkpoint stores its args
+        to_state_dict=dino_backbone_state_dict,
+        to_config=dino_vit_config,
+    )
+
+
+for _entry in (
+    WeightsEntry(
+        name=_DEFAULT_RESNET["resnet34"],
+        url="https://download.pytorch.org/models/resnet34-b627a593.pth",
+        sha256_prefix="b627a593",
+        license=f"BSD-3-Clause (torchvision); {_IMAGENET_TERMS}",
+        preprocessing=_IMAGENET_PREPROCESSING,
+        description="torchvision ResNet-34 IMAGENET1K_V1 (HiFormer-S/L's CNN)",
+    ),
+    WeightsEntry(
+        name=_DEFAULT_RESNET["resnet50"],
+        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        sha256_prefix="0676ba61",
+        license=f"BSD-3-Clause (torchvision); {_IMAGENET_TERMS}",
+        preprocessing=_IMAGENET_PREPROCESSING,
+        description="torchvision ResNet-50 IMAGENET1K_V1 (HiFormer-B's CNN)",
+    ),
+    WeightsEntry(
+        name=_DEFAULT_SWIN,
+        url="https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth",
+        sha256_prefix="",  # no hash is published; checked by content when loaded
+        license=f"MIT (microsoft/Swin-Transformer); {_IMAGENET_TERMS}",
+        preprocessing=_IMAGENET_PREPROCESSING,
+        description="Swin-T ImageNet-1k (HiFormer's Swin stages 1-3)",
+    ),
+    _dino_entry(16),
+    _dino_entry(8),
+):
+    register_weights(_entry)

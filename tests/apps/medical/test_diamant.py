@@ -9,18 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.errors import CheckpointError, InputError
 from hybrids.apps.core.registry import create_model
 from hybrids.apps.medical.diamant import DIAMANT, DIAMANTConfig, load_attention_encoder
+from hybrids.apps.medical.dino_vit import DINOViTConfig, save_teacher
 from hybrids.shared_blocks.vit import VisionTransformer
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(torch_threads):
+    """Tiny models run hundreds of small ops: one intra-op thread avoids OpenMP waits on a busy CPU."""
+    torch_threads(1)
 
 
 def _tiny(**overrides) -> DIAMANT:
@@ -29,16 +28,11 @@ def _tiny(**overrides) -> DIAMANT:
 
 
 def _teacher(path, **vit) -> VisionTransformer:
-    """A DINO-teacher folder as the DINO trainer writes it: model.safetensors + config.json."""
-    from safetensors.torch import save_file
-
+    """A DINO-teacher folder as ``pretrain-dino`` writes it: a ``medical/dino_vit`` checkpoint folder."""
     torch.manual_seed(1)
-    kwargs = {"img_size": 48, "patch_size": 8, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 4}
-    kwargs.update(vit)
-    model = VisionTransformer(**kwargs)
-    path.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps({"model": "dino_vit", "config": kwargs, "image_size": 48}))
+    config = DINOViTConfig(img_size=48, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=4, **vit)
+    model = VisionTransformer(**config.to_dict())
+    save_teacher(model, path, config, extra={"image_size": config.img_size})
     return model
 
 
@@ -173,7 +167,7 @@ def test_load_errors_are_one_line(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load_attention_encoder(_tiny(), tmp_path / "absent")
     (tmp_path / "bad.pth").write_bytes(b"not a pickle")
-    with pytest.raises(InputError, match="not a readable DINO checkpoint"):
+    with pytest.raises(CheckpointError, match="bad.pth: unknown checkpoint format"):
         load_attention_encoder(_tiny(), tmp_path / "bad.pth")
     _teacher(tmp_path / "teacher")
     with pytest.raises(InputError, match="no attention branch"):
@@ -222,15 +216,17 @@ def test_train_cli_with_a_teacher(shared_data, tmp_path, capsys):
     assert "swtr_unet has no attention encoder" in capsys.readouterr().err
 
 
-def test_pretrain_dino_teacher_folder_with_pad_input(tmp_path):
-    from hybrids.apps.medical.dino import save_teacher
-
-    vit = {"img_size": 64, "patch_size": 16, "in_chans": 1, "embed_dim": 48, "depth": 1, "num_heads": 6}
-    vit.update(mlp_ratio=4.0, qkv_bias=True)
+@pytest.mark.parametrize("legacy", [False, True], ids=["medical/dino_vit", "old dino/vit folder"])
+def test_pretrain_dino_teacher_folder_with_pad_input(tmp_path, legacy):
+    vit = DINOViTConfig(img_size=64, patch_size=16, in_chans=1, embed_dim=48, depth=1, num_heads=6)
     torch.manual_seed(2)
-    backbone = VisionTransformer(**vit)
-    info = {"model": "dino/vit", "config": vit, "image_size": 64, "vit_input": "pad", "slice_axis": 2}
-    save_teacher(backbone, tmp_path / "teacher", info)
+    backbone = VisionTransformer(**vit.to_dict())
+    save_teacher(
+        backbone, tmp_path / "teacher", vit, extra={"image_size": 64, "vit_input": "pad", "slice_axis": 2}
+    )
+    if legacy:  # written before the teacher was a registered model: the same files, model "dino/vit"
+        info = json.loads((tmp_path / "teacher" / "config.json").read_text())
+        (tmp_path / "teacher" / "config.json").write_text(json.dumps({**info, "model": "dino/vit"}))
     model = load_attention_encoder(_tiny(num_classes=3), tmp_path / "teacher").eval()
     cfg = model.config
     assert (cfg.vit_img_size, cfg.vit_patch_size, cfg.vit_heads, cfg.vit_input) == (64, 16, 6, "pad")
@@ -245,5 +241,5 @@ def test_teacher_config_that_does_not_fit_its_weights_is_one_line(tmp_path):
     info = json.loads((tmp_path / "teacher" / "config.json").read_text())
     info["config"]["embed_dim"] = 64
     (tmp_path / "teacher" / "config.json").write_text(json.dumps(info))
-    with pytest.raises(InputError, match="ViT weights do not fit"):
+    with pytest.raises(CheckpointError, match="weights do not fit medical/dino_vit"):
         load_attention_encoder(_tiny(), tmp_path / "teacher")

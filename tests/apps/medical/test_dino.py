@@ -1,40 +1,52 @@
-"""DINO pretraining: head and loss, EMA, multi-crop, official checkpoints, the CLI on real slices."""
+"""DINO pretraining: head and loss, EMA, multi-crop, official checkpoints, ``pretrain_dino`` from Python
+and the CLI on real slices, the teacher as the registered ``medical/dino_vit``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from hybrids.apps.cli import main
-from hybrids.apps.medical import dino as D
+from hybrids.apps.core.checkpoint import load_checkpoint
+from hybrids.apps.core.errors import CheckpointError, InputError, WeightsError
+from hybrids.apps.core.registry import create_model
+from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.weights import cache_dir, get_weights
 from hybrids.apps.medical import weights as W
+from hybrids.apps.medical.dino_crops import MultiCrop, gaussian_blur, local_crop_size, random_resized_crop
+from hybrids.apps.medical.dino_data import find_images, fit_slice
+from hybrids.apps.medical.dino_heads import DINOHead, MultiCropWrapper, WeightNormLinear
+from hybrids.apps.medical.dino_loss import DINOLoss, cosine_schedule
+from hybrids.apps.medical.dino_module import DINOModule
+from hybrids.apps.medical.dino_vit import DINOViTConfig, load_teacher, save_teacher
+from hybrids.apps.medical.pretrain_dino import DINOConfig, pretrain_dino
 from hybrids.shared_blocks.vit import VisionTransformer, vit_small
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 4}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(torch_threads):
+    """Tiny models run hundreds of small ops: one intra-op thread avoids OpenMP waits on a busy CPU."""
+    torch_threads(1)
 
 
-def _module(**kw) -> D.DINOModule:
+def _module(**kw) -> DINOModule:
     kw.setdefault("out_dim", 64)
     kw.setdefault("head_hidden_dim", 64)
     kw.setdefault("bottleneck_dim", 16)
     kw.setdefault("local_crops", 2)
-    return D.DINOModule(dict(TINY_VIT), **kw)
+    return DINOModule(DINOViTConfig(**TINY_VIT), **kw)
 
 
 # -- head ------------------------------------------------------------------------------------------------
 def test_head_has_the_official_names_and_a_fixed_unit_norm_last_layer():
-    head = D.DINOHead(32, 100, hidden_dim=64, bottleneck_dim=16)
+    head = DINOHead(32, 100, hidden_dim=64, bottleneck_dim=16)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     assert shapes == {
         "mlp.0.weight": (64, 32),
@@ -57,14 +69,14 @@ def test_head_has_the_official_names_and_a_fixed_unit_norm_last_layer():
 
 
 def test_head_with_batchnorm_has_the_official_names():
-    head = D.DINOHead(32, 10, hidden_dim=16, bottleneck_dim=8, use_bn=True)
+    head = DINOHead(32, 10, hidden_dim=16, bottleneck_dim=8, use_bn=True)
     names = {k.rsplit(".", 1)[0] for k in head.state_dict()}
     assert names == {"mlp.0", "mlp.1", "mlp.3", "mlp.4", "mlp.6", "last_layer"}
     assert isinstance(head.mlp[1], torch.nn.BatchNorm1d)
 
 
 def test_weight_norm_matches_torch():
-    layer = D.WeightNormLinear(6, 4)
+    layer = WeightNormLinear(6, 4)
     ref = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(6, 4, bias=False))
     with torch.no_grad():
         ref.parametrizations.weight.original0.copy_(layer.weight_g)
@@ -76,9 +88,7 @@ def test_weight_norm_matches_torch():
 
 
 def test_multicrop_wrapper_runs_each_resolution_once():
-    model = D.MultiCropWrapper(
-        VisionTransformer(**TINY_VIT), D.DINOHead(32, 10, hidden_dim=16, bottleneck_dim=8)
-    )
+    model = MultiCropWrapper(VisionTransformer(**TINY_VIT), DINOHead(32, 10, hidden_dim=16, bottleneck_dim=8))
     calls = []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
     crops = [torch.randn(3, 1, 32, 32)] * 2 + [torch.randn(3, 1, 16, 16)] * 4
@@ -90,7 +100,7 @@ def test_multicrop_wrapper_runs_each_resolution_once():
 # -- loss ------------------------------------------------------------------------------------------------
 def test_loss_value_centering_and_temperature_schedule():
     torch.manual_seed(0)
-    loss = D.DINOLoss(5, ncrops=3, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_fraction=0.3)
+    loss = DINOLoss(5, ncrops=3, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_fraction=0.3)
     assert loss.teacher_temp(0.0) == pytest.approx(0.04)
     assert loss.teacher_temp(0.15) == pytest.approx(0.055)
     assert loss.teacher_temp(0.3) == loss.teacher_temp(0.9) == pytest.approx(0.07)
@@ -112,7 +122,7 @@ def test_loss_value_centering_and_temperature_schedule():
 def test_teacher_collapse_is_penalised_by_centering():
     """A teacher that outputs one constant dimension is flattened by the centre: after many updates its
     sharpened distribution approaches uniform rather than one-hot."""
-    loss = D.DINOLoss(8, ncrops=2, warmup_fraction=0.0, center_momentum=0.5)
+    loss = DINOLoss(8, ncrops=2, warmup_fraction=0.0, center_momentum=0.5)
     teacher = torch.zeros(4, 8)
     teacher[:, 3] = 10.0
     for _ in range(30):
@@ -122,18 +132,16 @@ def test_teacher_collapse_is_penalised_by_centering():
 
 
 def test_cosine_schedule():
-    assert D.cosine_schedule(0.996, 1.0, 0.0) == pytest.approx(0.996)
-    assert D.cosine_schedule(0.996, 1.0, 0.5) == pytest.approx(0.998)
-    assert D.cosine_schedule(0.996, 1.0, 1.0) == pytest.approx(1.0)
-    assert D.cosine_schedule(0.04, 0.4, 2.0) == pytest.approx(0.4)
+    assert cosine_schedule(0.996, 1.0, 0.0) == pytest.approx(0.996)
+    assert cosine_schedule(0.996, 1.0, 0.5) == pytest.approx(0.998)
+    assert cosine_schedule(0.996, 1.0, 1.0) == pytest.approx(1.0)
+    assert cosine_schedule(0.04, 0.4, 2.0) == pytest.approx(0.4)
 
 
 # -- multi-crop ------------------------------------------------------------------------------------------
 def test_multicrop_shapes_and_determinism():
-    assert (
-        D.local_crop_size(64, 16) == 32 and D.local_crop_size(64, 8) == 24 and D.local_crop_size(96, 16) == 48
-    )
-    crops = D.MultiCrop(64, 24, local_crops=4)
+    assert local_crop_size(64, 16) == 32 and local_crop_size(64, 8) == 24 and local_crop_size(96, 16) == 48
+    crops = MultiCrop(64, 24, local_crops=4)
     x = torch.randn(5, 1, 64, 64)
     a = crops(x, torch.Generator().manual_seed(3))
     b = crops(x, torch.Generator().manual_seed(3))
@@ -147,29 +155,29 @@ def test_multicrop_shapes_and_determinism():
 def test_random_resized_crop_full_box_is_identity_and_flip_mirrors():
     x = torch.randn(2, 1, 16, 16)
     g = torch.Generator().manual_seed(0)
-    same = D.random_resized_crop(x, 16, (1.0, 1.0), (1.0, 1.0), g, flip_p=0.0)
+    same = random_resized_crop(x, 16, (1.0, 1.0), (1.0, 1.0), g, flip_p=0.0)
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
-    flipped = D.random_resized_crop(x, 16, (1.0, 1.0), (1.0, 1.0), g, flip_p=1.0)
+    flipped = random_resized_crop(x, 16, (1.0, 1.0), (1.0, 1.0), g, flip_p=1.0)
     torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
 
 
 def test_gaussian_blur_keeps_constants_and_smooths():
     x = torch.full((2, 1, 9, 9), 3.0)
-    torch.testing.assert_close(D.gaussian_blur(x, torch.tensor([0.5, 1.5])), x)
+    torch.testing.assert_close(gaussian_blur(x, torch.tensor([0.5, 1.5])), x)
     spike = torch.zeros(1, 1, 9, 9)
     spike[..., 4, 4] = 1.0
-    y = D.gaussian_blur(spike, torch.tensor([1.0]))
+    y = gaussian_blur(spike, torch.tensor([1.0]))
     assert y.sum().item() == pytest.approx(1.0, abs=1e-5) and y.max() < 0.2
 
 
 def test_fit_slice_resize_and_pad():
     s = torch.arange(35 * 51, dtype=torch.float32).reshape(1, 1, 35, 51)
-    assert D.fit_slice(s, 64).shape == (1, 1, 64, 64)
-    padded = D.fit_slice(s, 64, "pad")
+    assert fit_slice(s, 64).shape == (1, 1, 64, 64)
+    padded = fit_slice(s, 64, "pad")
     assert padded.shape == (1, 1, 64, 64)
     assert torch.equal(padded[..., 14:49, 6:57], s) and padded[..., :14, :].abs().sum() == 0
     with pytest.raises(ValueError):
-        D.fit_slice(s, 64, "crop")
+        fit_slice(s, 64, "crop")
 
 
 # -- training dynamics ---------------------------------------------------------------------------------
@@ -315,30 +323,165 @@ def test_official_backbone_file_loads(tmp_path, patch, monkeypatch):
 def test_full_checkpoint_teacher_and_bad_files(tmp_path):
     model = VisionTransformer(**TINY_VIT)
     module = _module()
-    full = {"teacher": {f"module.{k}": v for k, v in module.teacher.state_dict().items()}, "epoch": 3}
+    full = {
+        "teacher": {f"module.{k}": v for k, v in module.teacher.state_dict().items()},
+        "epoch": 3,
+        "args": argparse.Namespace(arch="vit_small", lr=5e-4),  # DINO's main_dino.py stores its args
+    }
     torch.save(full, tmp_path / "checkpoint.pth")
-    W.load_dino_backbone(model, tmp_path / "checkpoint.pth")
+    W.load_dino_backbone(model, tmp_path / "checkpoint.pth")  # the namespace is read as an inert stub
     assert torch.equal(model.cls_token, module.teacher.backbone.cls_token)
+    with pytest.raises(InputError, match="cannot tell the heads of a ViT of width 32"):
+        create_model("medical/dino_vit", weights=tmp_path / "checkpoint.pth")  # no DINO family width
     partial = {k: v for k, v in module.teacher.backbone.state_dict().items() if "blocks.1." not in k}
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(W.CheckpointError, match="missing"):
+    with pytest.raises(CheckpointError, match="missing"):
         W.load_dino_backbone(model, tmp_path / "partial.pth")
-    with pytest.raises(W.InputError, match="official DINO"):
+    with pytest.raises(InputError, match="official DINO"):
         W.load_dino_backbone(model)  # a 32-wide ViT has no official weights
 
 
-def test_dino_entries_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYBRIDS_OFFLINE", "1")
-    monkeypatch.setenv("HYBRIDS_CACHE", str(tmp_path))
+def test_official_files_build_the_registered_model_in_their_shape(tmp_path):
+    vits8 = _official_vits_backbone(8)
+    torch.save(vits8, tmp_path / "dino_deitsmall8_pretrain.pth")
+    model = create_model("medical/dino_vit", weights=tmp_path / "dino_deitsmall8_pretrain.pth")
+    assert model.config == DINOViTConfig.from_preset("vits8")
+    assert model.preprocessing["image_size"] == 224  # the entry's preprocessing comes with the file
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in vits8.items())
+    # the official file in the cache (an entry without a published hash: its content is checked) is
+    # what weights="official" loads
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    torch.save(_official_vits_backbone(16), cache_dir() / get_weights("medical/dino_vits16").filename)
+    assert create_model("medical/dino_vit", weights="official").config == DINOViTConfig()
+
+
+def test_dino_entries_are_registered_weights_without_a_published_hash(tmp_path, monkeypatch, capsys):
     for patch in (16, 8):
-        entry = W.ENCODER_WEIGHTS[f"medical/dino_vits{patch}"]
+        entry = get_weights(f"medical/dino_vits{patch}")
         assert entry.filename == f"dino_deitsmall{patch}_pretrain.pth"
         assert entry.url == (
             f"https://dl.fbaipublicfiles.com/dino/dino_deitsmall{patch}_pretrain/{entry.filename}"
         )
-        assert entry.license.startswith("Apache-2.0")
-    with pytest.raises(W.WeightsError, match="dino_deitsmall16_pretrain.pth"):
+        assert entry.license.startswith("Apache-2.0") and entry.sha256_prefix == ""
+    with pytest.raises(WeightsError, match=r"dino_deitsmall16_pretrain\.pth.*HYBRIDS_OFFLINE"):
         W.load_dino_backbone(vit_small(patch_size=16, in_chans=1))
+    with pytest.raises(WeightsError, match="dino_deitsmall8_pretrain.pth"):
+        create_model("medical/dino_vit", preset="vits8", weights="medical/dino_vits8")
+
+
+# -- the teacher as a registered model -----------------------------------------------------------------------
+def test_saved_teacher_is_a_registered_model_and_old_folders_still_read(tmp_path):
+    torch.manual_seed(3)
+    config = DINOViTConfig.from_preset("tiny")
+    backbone = VisionTransformer(**config.to_dict())
+    extra = {"image_size": 32, "vit_input": "pad", "slice_axis": 2}
+    save_teacher(
+        backbone, tmp_path / "teacher", config, preprocessing={"normalization": "zscore"}, extra=extra
+    )
+    info = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    assert info["model"] == "medical/dino_vit" and info["config"] == config.to_dict()
+    assert info["vit_input"] == "pad" and info["preprocessing"] == {"normalization": "zscore"}
+    for model in (
+        create_model("medical/dino_vit", weights=tmp_path / "teacher"),
+        load_checkpoint(tmp_path / "teacher"),
+    ):
+        assert model.config == config
+        assert model.state_dict().keys() == backbone.state_dict().keys()
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in backbone.state_dict().items())
+    # a teacher folder of an earlier version ("dino/vit", never registered): read by load_teacher only
+    old = tmp_path / "old"
+    old.mkdir()
+    (tmp_path / "teacher" / "model.safetensors").rename(old / "model.safetensors")
+    (old / "config.json").write_text(json.dumps({**info, "model": "dino/vit"}))
+    vit, old_info = load_teacher(old)
+    assert old_info["model"] == "dino/vit" and not vit.training
+    assert all(torch.equal(v, vit.state_dict()[k]) for k, v in backbone.state_dict().items())
+    with pytest.raises(CheckpointError, match="is a checkpoint of dino/vit, not of medical/dino_vit"):
+        create_model("medical/dino_vit", weights=old)
+    with pytest.raises(InputError, match="no such file"):
+        load_teacher(tmp_path / "absent")
+
+
+def test_dino_vit_config_presets_and_validation():
+    assert DINOViTConfig().to_dict() == {
+        "img_size": 224, "patch_size": 16, "in_chans": 3, "embed_dim": 384, "depth": 12, "num_heads": 6,
+        "mlp_ratio": 4.0, "qkv_bias": True,
+    }  # fmt: skip
+    assert {"tiny", "vits8", "hippocampus"} <= set(DINOViTConfig.preset_names())
+    with pytest.raises(InputError, match="multiple of patch_size"):
+        DINOViTConfig(img_size=30, patch_size=8).validate()
+    with pytest.raises(InputError, match="multiple of num_heads"):
+        DINOViTConfig.from_preset("tiny", num_heads=5)
+
+
+# -- pretrain_dino from Python (no argparse) on real slices --------------------------------------------------
+def _tiny_config(data: Path, out: Path, **overrides) -> DINOConfig:
+    values = dict(
+        data=data, cases=3, val_cases=1, arch="vit_tiny", embed_dim=24, depth=2, heads=2, patch_size=8,
+        image_size=32, out_dim=32, head_hidden_dim=32, local_crops=2, batch_size=4, steps_per_epoch=2,
+        epochs=1, run=RunOptions(out=out, threads=1, accelerator="cpu"),
+    )  # fmt: skip
+    return DINOConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def python_run(shared_data, tmp_path_factory):
+    before = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("dino") / "run"
+    result = pretrain_dino(_tiny_config(shared_data / "hippocampus", out, vit_input="pad"))
+    torch.set_num_threads(before)
+    return result
+
+
+def test_pretrain_dino_from_python(python_run):
+    result = python_run
+    assert result.is_global_zero and result.teacher.name == "teacher"
+    assert result.figure is not None and result.figure.stat().st_size > 1000
+    assert [h["step"] for h in result.history] == [2] and math.isfinite(result.history[0]["loss"])
+    history = json.loads((result.teacher.parent / "history.json").read_text())
+    assert history == result.history
+    assert (result.teacher.parent / "resume.ckpt").is_file()
+    info = json.loads((result.teacher / "config.json").read_text())
+    assert info["model"] == "medical/dino_vit" and info["vit_input"] == "pad"
+    assert info["training"]["step"] == 2 and info["training"]["seed"] == 42
+    assert info["training"]["held_out_cases"] == ["hippocampus_004"]
+
+
+def test_pretrained_teacher_loads_with_create_model(python_run):
+    teacher = python_run.module.teacher.backbone.state_dict()
+    model = create_model("medical/dino_vit", weights=python_run.teacher)
+    assert model.config == DINOViTConfig(
+        img_size=32, patch_size=8, in_chans=1, embed_dim=24, depth=2, num_heads=2
+    )
+    assert model.state_dict().keys() == teacher.keys()
+    assert all(torch.equal(v.cpu(), model.state_dict()[k]) for k, v in teacher.items())
+    assert model.attention_maps(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_pretrained_teacher_loads_into_diamant(python_run):
+    from hybrids.apps.medical.diamant import load_attention_encoder, read_attention_encoder
+
+    vit_fields, state = read_attention_encoder(python_run.teacher)
+    assert vit_fields["vit_img_size"] == 32 and vit_fields["vit_patch_size"] == 8
+    assert vit_fields["vit_heads"] == 2 and vit_fields["vit_input"] == "pad"
+    model = load_attention_encoder(create_model("medical/diamant", preset="tiny"), python_run.teacher)
+    assert model.config.vit_embed_dim == 24 and model.config.vit_input == "pad"
+    teacher = python_run.module.teacher.backbone.state_dict()
+    assert all(torch.equal(v.cpu(), model.attention_encoder.state_dict()[k]) for k, v in teacher.items())
+
+
+def test_config_errors_without_argparse(tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    with pytest.raises(InputError, match="--image-size 60 must be a multiple of --patch-size 16"):
+        DINOConfig(data=data, image_size=60).check()
+    with pytest.raises(InputError, match="--embed-dim 100 must be a multiple of the heads"):
+        DINOConfig(data=data, embed_dim=100).check()
+    with pytest.raises(InputError, match="--arch must be one of"):
+        DINOConfig(data=data, arch="vit_huge").check()
+    with pytest.raises(InputError, match="no NIfTI files"):
+        pretrain_dino(DINOConfig(data=data, run=RunOptions(out=tmp_path / "o")))
+    assert not (tmp_path / "o").exists()  # nothing written before the data are read
 
 
 # -- the command on real slices -----------------------------------------------------------------------------
@@ -351,12 +494,18 @@ def _tiny_cli(data, out, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_cli_pretrains_on_hippocampus_and_resumes(shared_data, tmp_path):
+def test_cli_pretrains_on_hippocampus_and_resumes(shared_data, tmp_path, capsys):
     out = tmp_path / "dino"
     momentum = ("--momentum-teacher", "0.9")
     assert main(_tiny_cli(shared_data / "hippocampus", out, "--epochs", "1", *momentum)) == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"teacher: {out / 'teacher'}; attention maps: {out / 'attention_maps.png'}"
+    )
     info = json.loads((out / "teacher" / "config.json").read_text())
+    assert info["model"] == "medical/dino_vit"
     assert info["training"]["momentum_teacher"] == [0.9, 1.0]
+    assert info["training"]["command"].startswith("hybrids -q medical pretrain-dino")
     assert info["attention_figure_size"] == 64  # twice the training size: a 8x8 patch grid, not 4x4
     assert info["config"] == {
         "img_size": 32, "patch_size": 8, "in_chans": 1, "embed_dim": 24, "depth": 2, "num_heads": 2,
@@ -366,7 +515,7 @@ def test_cli_pretrains_on_hippocampus_and_resumes(shared_data, tmp_path):
     assert info["preprocessing"]["normalization"] == "zscore"
     assert info["training"]["held_out_cases"] == ["hippocampus_004"]
     assert (out / "attention_maps.png").stat().st_size > 1000
-    teacher, _ = D.load_teacher(out / "teacher")
+    teacher, _ = load_teacher(out / "teacher")
     assert teacher.attention_maps(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [2]
@@ -375,7 +524,7 @@ def test_cli_pretrains_on_hippocampus_and_resumes(shared_data, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
     assert (out / "resumed_1").is_dir()
-    resumed, _ = D.load_teacher(out / "teacher")
+    resumed, _ = load_teacher(out / "teacher")
     assert not torch.equal(resumed.cls_token, teacher.cls_token)
 
 
@@ -386,21 +535,11 @@ def test_cli_fold_keeps_the_validation_cases_unseen(shared_data, tmp_path):
     extra = ("--cases", "10", "--fold", "1", "--val-cases", "1", "--epochs", "1")
     assert main(_tiny_cli(shared_data / "hippocampus", out, *extra)) == 0
     training = json.loads((out / "teacher" / "config.json").read_text())["training"]
-    names, _ = D.find_images(shared_data / "hippocampus")
+    names, _ = find_images(shared_data / "hippocampus")
     train, valid = kfold_split([n for n, _ in names[:10]], 1, 5)
     assert training["cases"] == len(train) == 8
     assert training["held_out_cases"] == valid[-1:]
     assert training["fold"]["fold"] == 1 and training["fold"]["folds"] == 5
-
-
-def test_cli_teacher_is_readable_by_diamant(shared_data, tmp_path):
-    diamant = pytest.importorskip("hybrids.apps.medical.diamant")
-    out = tmp_path / "dino"
-    assert main(_tiny_cli(shared_data / "hippocampus", out, "--epochs", "1", "--vit-input", "pad")) == 0
-    vit_fields, state = diamant.read_attention_encoder(out / "teacher")
-    assert vit_fields["vit_img_size"] == 32 and vit_fields["vit_patch_size"] == 8
-    assert vit_fields["vit_heads"] == 2 and vit_fields.get("vit_input", "pad") == "pad"
-    assert set(state) == set(VisionTransformer(**{**TINY_VIT, "embed_dim": 24, "num_heads": 2}).state_dict())
 
 
 def test_cli_bad_arguments(tmp_path, capsys):

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from hybrids.apps.cli import main
-from hybrids.apps.medical.report import count_flops
+from hybrids.apps.core.errors import InputError
+from hybrids.apps.medical.report import ReportConfig, count_flops, markdown_table, report
 
 
 def _train(data, out, model, preset, *extra):
@@ -87,6 +88,28 @@ def test_report_compares_models_on_their_shared_cases(runs, tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "GFLOPs/slice" in text and "![DINO attention maps](attention.png)" in text
     assert (out / "attention.png").stat().st_size > 1000
+
+
+def test_report_from_python(runs, tmp_path):
+    data, folders = runs
+    config = ReportConfig(models=[folders["swtr"]], data=data, output=tmp_path / "r", flops_size=(48, 64))
+    result = report(config)
+    assert [(r.model, r.flops_input, len(r.cases)) for r in result.rows] == [
+        ("medical/swtr_unet", (48, 64), 2)
+    ]
+    assert result.labels == {1: "Anterior", 2: "Posterior"}
+    assert [p.name for p in result.written] == ["report.csv", "cases.csv", "report.md"]
+    assert markdown_table(result.rows, result.labels) in (tmp_path / "r" / "report.md").read_text()
+    for bad, message in (
+        ({"threads": 0}, "--threads"),
+        ({"tolerance": 0.0}, "--tolerance"),
+        ({"models": []}, "-m"),
+    ):
+        with pytest.raises(InputError, match=message):
+            report(
+                ReportConfig(**{"models": [folders["swtr"]], "data": data, "output": tmp_path / "x", **bad})
+            )
+    assert not (tmp_path / "x").exists()
 
 
 def test_models_with_different_validation_cases_are_refused(runs, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Pretrained encoders for HiFormer: entries, hash checks, key mappings, safe loading (local fake files)."""
+"""Pretrained encoders of the medical models: registered weights entries, hash checks (full, prefix,
+none published) through the one resolver, key mappings, safe loading (local fake files)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hybrids.apps.core import weights as core
 from hybrids.apps.core.errors import CheckpointError, InputError, UnsafeCheckpointError, WeightsError
 from hybrids.apps.medical import weights as W
 from hybrids.apps.medical.hiformer import HiFormer, HiFormerConfig
@@ -57,7 +59,7 @@ def fake_official_swin(path: Path, model: HiFormer) -> dict[str, torch.Tensor]:
 
 
 def test_registered_entries():
-    names = sorted(W.ENCODER_WEIGHTS)
+    names = [n for n in core.list_weights() if n.startswith("medical/")]
     assert names == [
         "medical/dino_vits16",
         "medical/dino_vits8",
@@ -65,11 +67,13 @@ def test_registered_entries():
         "medical/resnet50_imagenet1k_v1",
         "medical/swin_tiny_patch4_window7_224",
     ]
-    for entry in W.ENCODER_WEIGHTS.values():
+    for entry in map(core.get_weights, names):
         assert entry.url.startswith("https://") and entry.license and entry.filename in entry.url
+        assert not entry.sha256  # none is published for these files
         if entry.sha256_prefix:  # torchvision: the prefix is the one in the file name
             assert entry.filename.endswith(f"-{entry.sha256_prefix}.pth")
-    assert W.ENCODER_WEIGHTS["medical/resnet50_imagenet1k_v1"].kind == "resnet50"
+    assert core.get_weights("medical/resnet50_imagenet1k_v1").sha256_prefix == "0676ba61"
+    assert core.get_weights("medical/swin_tiny_patch4_window7_224").sha256_prefix == ""  # no hash at all
 
 
 def test_resnet_loads_into_the_model_with_adapted_first_conv(tmp_path):
@@ -151,44 +155,97 @@ def test_unsafe_pickles_are_refused(tmp_path):
         W.load_pretrained_encoders(tiny(), resnet=raw, swin=None)
 
 
-def test_resolve_checks_the_sha256_prefix(tmp_path, monkeypatch):
+@pytest.fixture
+def registered():
+    """Register throw-away weights entries; unregistered afterwards."""
+    names = []
+
+    def register(entry: core.WeightsEntry) -> core.WeightsEntry:
+        names.append(entry.name)
+        return core.register_weights(entry)
+
+    yield register
+    for name in names:
+        core.unregister_weights(name)
+
+
+def test_resolve_checks_the_sha256_prefix(tmp_path, registered):
     file = tmp_path / "resnet-tiny.pth"
     fake_torchvision_resnet(file)
     good = hashlib.sha256(file.read_bytes()).hexdigest()[:8]
     bad = "0" * 8 if good != "0" * 8 else "1" * 8
     for prefix, ok in ((good, True), (bad, False)):
-        entry = W.EncoderWeights(
+        core.unregister_weights("medical/test_resnet")
+        entry = core.WeightsEntry(
             "medical/test_resnet",
             "https://example.invalid/resnet-tiny.pth",
-            "test",
-            "resnet34",
+            license="test",
             sha256_prefix=prefix,
         )
-        monkeypatch.setitem(W.ENCODER_WEIGHTS, entry.name, entry)
+        registered(entry)
+        for stamp in tmp_path.glob("*.sha256"):
+            stamp.unlink()
         if ok:
-            assert W.resolve_encoder_weights(entry.name, search_dirs=[tmp_path]) == (file, entry)
-            assert W.resolve_encoder_weights(file)[1] == entry  # a path with the official name is checked too
+            assert core.resolve_weights(entry.name, search_dirs=[tmp_path]) == (file, entry)
+            assert core.resolve_weights(file)[1] == entry  # a path with the official name is checked too
+            loaded = W.load_pretrained_encoders(tiny(), resnet=entry.name, swin=None, search_dirs=[tmp_path])
+            assert loaded["resnet"] > 0
         else:
-            with pytest.raises(WeightsError, match="prefix mismatch"):
-                W.resolve_encoder_weights(entry.name, search_dirs=[tmp_path])
+            with pytest.raises(WeightsError, match=f"sha256 prefix mismatch .expected {bad}, got {good}"):
+                core.resolve_weights(entry.name, search_dirs=[tmp_path])
             with pytest.raises(WeightsError):
-                W.resolve_encoder_weights(file)
+                core.resolve_weights(file)
+
+
+def test_downloads_check_the_prefix_or_say_no_hash_is_published(tmp_path, registered, monkeypatch, capsys):
+    """Through the one downloader (``hybrids.apps.core.weights``; a local file:// URL, no network)."""
+    monkeypatch.delenv("HYBRIDS_OFFLINE", raising=False)
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "w-prefix.pth").write_bytes(b"x" * 3000)
+    digest = hashlib.sha256(b"x" * 3000).hexdigest()
+    url = (server / "w-prefix.pth").as_uri()
+    registered(
+        core.WeightsEntry("medical/test_bad", url, license="t", sha256_prefix="0" * 8, filename="bad.pth")
+    )
+    with pytest.raises(WeightsError, match="sha256 mismatch.*nothing was saved"):
+        core.resolve_weights("medical/test_bad")
+    assert not (core.cache_dir() / "bad.pth").exists()
+    registered(core.WeightsEntry("medical/test_prefix", url, license="t", sha256_prefix=digest[:8]))
+    path, _ = core.resolve_weights("medical/test_prefix")
+    assert path == core.cache_dir() / "w-prefix.pth" and path.read_bytes() == b"x" * 3000
+    assert "No sha256 is published" not in capsys.readouterr().err
+    registered(
+        core.WeightsEntry("medical/test_none", url, license="t", sha256_prefix="", filename="none.pth")
+    )
+    path, _ = core.resolve_weights("medical/test_none")
+    assert path.read_bytes() == b"x" * 3000
+    assert "No sha256 is published for this file" in capsys.readouterr().err
 
 
 def test_offline_error_names_file_and_url(tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRIDS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HYBRIDS_OFFLINE", "1")
     with pytest.raises(WeightsError, match=r"resnet50-0676ba61\.pth.*https://download\.pytorch\.org"):
-        W.resolve_encoder_weights("medical/resnet50_imagenet1k_v1")
-    with pytest.raises(InputError, match="no such encoder weights file"):
-        W.resolve_encoder_weights(tmp_path / "missing.pth")
+        with torch.device("meta"):  # HiFormer-B's shape, no memory: the file is asked for first
+            model = HiFormer(HiFormerConfig.from_preset("hiformer_b", num_classes=2))
+        W.load_pretrained_encoders(model, resnet=W.IMAGENET, swin=None)
+    with pytest.raises(InputError, match="no such weights file"):
+        W.load_pretrained_encoders(tiny(), resnet=tmp_path / "missing.pth", swin=None)
 
 
 def test_entry_validation():
-    with pytest.raises(ValueError):
-        W.EncoderWeights("x", "https://e/x.pth", "l", "resnet34", sha256_prefix="XYZ")
-    with pytest.raises(ValueError):
-        W.EncoderWeights("x", "https://e/x.pth", "l", "resnet34", sha256="ab")
+    url = "https://e/x.pth"
+    with pytest.raises(ValueError, match="sha256_prefix must be 8-63 lower-case hex"):
+        core.WeightsEntry("x/y", url, license="l", sha256_prefix="XYZ12345")
+    with pytest.raises(ValueError, match="sha256_prefix must be 8-63"):
+        core.WeightsEntry("x/y", url, license="l", sha256_prefix="abc")
+    with pytest.raises(ValueError, match="64 lower-case hex"):
+        core.WeightsEntry("x/y", url, "ab", "l")
+    with pytest.raises(ValueError, match="64 lower-case hex"):
+        core.WeightsEntry("x/y", url, "a" * 64, "l", sha256_prefix="a" * 8)  # one or the other
+    assert core.WeightsEntry("x/y", url, license="l", sha256_prefix="").expected_sha256 == ""
+    assert core.WeightsEntry("x/y", url, license="l", sha256_prefix="ab" * 4).expected_sha256 == "abababab"
 
 
 def test_official_hiformer_checkpoint_loads(tmp_path):
