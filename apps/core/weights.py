@@ -78,6 +78,9 @@ class WeightsEntry:
     # Reads the model's config fields from the loaded object (e.g. the init kwargs a demucs package
     # stores), so the model is built in the file's shape; None: the file does not say.
     to_config: Callable[[Any], Mapping[str, Any]] | None = None
+    # Adapts the state dict to the model it is loaded into, e.g. the first convolution to the
+    # model's input channels or a position embedding to its grid: (state_dict, model) -> state_dict.
+    fit_to_model: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
     # A set of several files: the names of their single-file entries, in order. Such an entry has
     # no url/sha256/filename of its own; its loaded object is the list of the parts' objects (each
     # read with its part's pickle allow-list), handed to its to_state_dict and to_config.
@@ -588,6 +591,9 @@ def load_weights_into(
     :func:`read_model_weights`). The preprocessing recorded with the weights is attached as
     ``model.preprocessing``."""
     found = read_model_weights(entry, weights, search_dirs=search_dirs)
-    load_into(model, found.state_dict, found.source)
+    state_dict = found.state_dict
+    if found.entry is not None and found.entry.fit_to_model is not None:
+        state_dict = _naming(found.source, lambda sd: found.entry.fit_to_model(sd, model), state_dict)
+    load_into(model, state_dict, found.source)
     if found.preprocessing is not None:
         model.preprocessing = found.preprocessing

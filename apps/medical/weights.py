@@ -382,6 +382,7 @@ def _dino_entry(patch: int) -> WeightsEntry:
         pickle_stubs=("argparse.Namespace",),  # a full training checkpoint stores its args
         to_state_dict=dino_backbone_state_dict,
         to_config=dino_vit_config,
+        fit_to_model=lambda state_dict, model: dino_backbone_state_dict(state_dict, model),
     )
 
 

@@ -353,6 +353,11 @@ def test_official_files_build_the_registered_model_in_their_shape(tmp_path):
     cache_dir().mkdir(parents=True, exist_ok=True)
     torch.save(_official_vits_backbone(16), cache_dir() / get_weights("medical/dino_vits16").filename)
     assert create_model("medical/dino_vit", weights="official").config == DINOViTConfig()
+    # the entry fits its weights to the model asked for: one MRI channel, a 64 x 64 input
+    small = create_model("medical/dino_vit", weights="official", in_chans=1, img_size=64)
+    assert small.patch_embed.proj.weight.shape[1] == 1 and small.pos_embed.shape[1] == 1 + 4 * 4
+    kernel = _official_vits_backbone(16)["patch_embed.proj.weight"]
+    torch.testing.assert_close(small.patch_embed.proj.weight, kernel.sum(1, keepdim=True))
 
 
 def test_dino_entries_are_registered_weights_without_a_published_hash(tmp_path, monkeypatch, capsys):
