@@ -97,8 +97,8 @@ class HybriDNAConfig(ModelConfig):
             "d_intermediate": 64,
             "chunk_size": 8,
         },
-        # Trainable on 2 CPU cores in ~30 min: 7 Mamba2 + 1 attention, 1.6M parameters, ~4.7k tokens
-        # per CPU-second fwd+bwd+AdamW at batch 8 x 1024 (d_model 256 would be ~1.3k).
+        # Sized to pretrain on a CPU: 7 Mamba2 + 1 attention, 1.6M parameters (d_model 128; 256 costs
+        # about 3.5x the time per token).
         "small": {
             "d_model": 128,
             "n_layers": 8,

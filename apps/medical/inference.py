@@ -125,7 +125,7 @@ class InferenceSettings:
 
 
 # Optional packages MONAI imports at package import time only for features we never use: HuggingFace
-# transformers (its Transchex network; 2-4 s here) and matplotlib.pyplot (its plotting helpers).
+# transformers (its Transchex network; seconds to import) and matplotlib.pyplot (its plotting helpers).
 _MONAI_SKIPPED_IMPORTS = ("transformers", "matplotlib")
 
 

@@ -69,7 +69,7 @@ def _fast_path_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
 def _onednn_tensor_ops(dtype: torch.dtype) -> bool:
     """Whether to take oneDNN's own softmax and linear on oneDNN ("mkldnn") tensors in ``dtype``
     (bfloat16 only; probed once against torch's softmax and a float64 product)."""
-    if dtype != torch.bfloat16:  # float32: measured no faster (the conversions eat the softmax's gain)
+    if dtype != torch.bfloat16:  # float32: no gain (the conversions cost what the softmax saves)
         return False
     if dtype not in _ONEDNN_TENSOR_OPS:
         ok = False
@@ -101,10 +101,9 @@ def _blocked_onednn(q: Tensor, k: Tensor, v: Tensor, scale: float, block: int) -
     vt = v.transpose(-2, -1).contiguous()  # (dv, lk) rows: the "weight" of probs @ v
     out = q.new_empty(b, lq, h, vt.shape[-2])
     linear = torch.ops.mkldnn._linear_pointwise
-    # bfloat16: oneDNN's softmax (its own vectorised exp) is ~2x faster than torch's on CPU; it reads
-    # and writes oneDNN ("mkldnn") tensors, so the query block goes in as one, the scores and
-    # probabilities stay in that format and only the small (block, dv) result comes back; measured
-    # ~20 % faster attention, ~4 % of a bfloat16 HT Demucs segment.
+    # bfloat16: oneDNN's softmax (its own vectorised exp) beats torch's on CPU (`hybrids bench kernels`
+    # measures it); it reads and writes oneDNN ("mkldnn") tensors, so the query block goes in as one,
+    # the scores and probabilities stay in that format and only the small (block, dv) result comes back.
     onednn_softmax = _onednn_tensor_ops(q.dtype)
     linear_onednn = torch._C._nn.mkldnn_linear
     for i in range(b):

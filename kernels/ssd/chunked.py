@@ -40,7 +40,7 @@ from hybrids.kernels.ssd.common import check_scan_args, compute_dtype, finish_ou
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "SEGMENT_TOKENS", "ssd_scan_chunked"]
 
-#: Default chunk length on CPU (measured on a 2-core x86 machine; mamba-ssm's GPU default is 256).
+#: Default chunk length on CPU (the best in `hybrids bench kernels --only ssd`; mamba-ssm GPU: 256).
 DEFAULT_CHUNK_SIZE = 64
 #: Tokens processed per segment (rounded to whole chunks): bounds the temporaries' memory.
 SEGMENT_TOKENS = 1024
