@@ -112,8 +112,13 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
     names = {f.name for f in dataclasses.fields(RunOptions)} - {"verbosity", "command"}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
     values["verbosity"] = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
-    values["command"] = " ".join(["hybrids", *getattr(args, "argv", [])])
+    values["command"] = _command_line(args)
     return RunOptions(**values)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command line that parsed ``args`` (``main`` records it as ``args.argv``)."""
+    return " ".join(["hybrids", *getattr(args, "argv", [])])
 
 
 ConfigT = TypeVar("ConfigT")
@@ -121,10 +126,13 @@ ConfigT = TypeVar("ConfigT")
 
 def config_from_args(cls: type[ConfigT], args: argparse.Namespace, **values: Any) -> ConfigT:
     """A verb's config dataclass from parsed flags: every field named like a flag's ``dest``, the
-    ``run`` field from the run flags, ``values`` overriding both. This is all a ``cli.py`` does."""
+    ``run`` field from the run flags, a ``command`` field from the command line, ``values``
+    overriding them all. This is all a ``cli.py`` does."""
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     picked = {name: getattr(args, name) for name in fields if hasattr(args, name) and name != "run"}
     if "run" in fields:
         picked["run"] = run_options_from_args(args)
+    if "command" in fields:  # the command line, for the provenance a report or a page records
+        picked["command"] = _command_line(args)
     picked.update(values)
     return cls(**picked)

@@ -364,6 +364,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's; long context: 1)")
     parser.add_argument("-o", "--out", type=Path, default=Path("dna_report"), help="output folder")
+    parser.add_argument(
+        "--page",
+        type=Path,
+        metavar="FILE",
+        help="also write the report as a results page stamped with this command, the commit, the date "
+        "and the machine (docs/results/dna.md)",
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:

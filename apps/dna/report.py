@@ -314,10 +314,12 @@ class ReportConfig:
     preset: str = "small"
     threads: int | None = None  # torch threads (default: torch's; long context: 1)
     out: Path = Path("dna_report")
+    page: Path | None = None  # also write this results page (docs/results/dna.md), stamped
+    command: str = ""  # the command line, for the page's stamp (default: this process's)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        for name in ("model", "published"):
+        for name in ("model", "published", "page"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
         for name in ("fasta", "finetune"):
@@ -381,4 +383,10 @@ def report(config: ReportConfig) -> ReportResult:
     text = render_markdown(result)
     atomic_write_text(config.out / "report.md", text + "\n")
     atomic_write_text(config.out / "report.json", json.dumps(result, indent=2) + "\n")
+    if config.page is not None:
+        from hybrids.evaluation.results_page import measurement_stamp, write_results_page
+
+        body = text.split("\n", 1)[1] if text.startswith("# ") else text  # without its title
+        stamp = measurement_stamp(config.command or None)
+        write_results_page(config.page, "DNA language models", body, stamp)
     return ReportResult(result, text, config.out)

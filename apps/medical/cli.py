@@ -421,7 +421,12 @@ def run_pretrain_dino(args: argparse.Namespace) -> int:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``report``: one per ``ReportConfig`` field."""
     parser.add_argument(
-        "-m", "--models", nargs="+", required=True, type=Path, metavar="DIR", help="model folders to compare"
+        "-m",
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="MODEL",
+        help="model folders to compare (or built-in names, e.g. hippocampus)",
     )
     parser.add_argument(
         "--data", required=True, type=Path, metavar="DIR", help="the MSD dataset folder they were trained on"
@@ -438,6 +443,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--attention-png", action="store_true", help="also draw the DINO attention maps of a DIAMANT model"
+    )
+    parser.add_argument(
+        "--page",
+        type=Path,
+        metavar="FILE",
+        help="also write the table as a results page stamped with this command, the commit, the date "
+        "and the machine (docs/results/medical.md)",
     )
 
 

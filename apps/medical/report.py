@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.datasets.atomic import make_output_folder
+from hybrids.datasets.atomic import atomic_write_text, make_output_folder
 
 __all__ = [
     "ModelReport",
@@ -68,6 +68,8 @@ class ReportConfig:
     tolerance: float = 1.0
     flops_size: tuple[int, ...] | None = None
     attention_png: bool = False
+    page: Path | None = None  # also write this results page (docs/results/medical.md), stamped
+    command: str = ""  # the command line, for the page's stamp (default: this process's)
 
     def __post_init__(self) -> None:
         self.models = [Path(m) for m in self.models]
@@ -118,15 +120,31 @@ class ModelReport:
 def report(config: ReportConfig) -> ReportResult:
     """Compare ``config.models`` on their shared validation cases and write the report (module
     docstring) into ``config.output``."""
+    from hybrids.apps.medical.segment import resolve_model_path
+
     config.check()
     rows, labels = compare_models(
-        config.models,
+        [resolve_model_path(m) for m in config.models],
         config.data,
         threads=config.threads,
         tolerance_mm=config.tolerance,
         flops_size=config.flops_size,
     )
-    written = write_report(rows, labels, config.output, attention_png=config.attention_png, data=config.data)
+    written = write_report(
+        rows,
+        labels,
+        config.output,
+        attention_png=config.attention_png,
+        data=config.data,
+        threads=config.threads,
+    )
+    if config.page is not None:
+        from hybrids.evaluation.results_page import measurement_stamp, write_results_page
+
+        stamp = measurement_stamp(config.command or None)
+        body = (config.output / "report.md").read_text().split("\n", 2)[2]  # without its title
+        body = "\n".join(line for line in body.splitlines() if not line.startswith("!["))  # figures stay
+        written.append(write_results_page(config.page, "Medical segmentation: model comparison", body, stamp))
     return ReportResult(rows, labels, written)
 
 
@@ -351,6 +369,7 @@ def write_report(
     *,
     attention_png: bool = False,
     data: Path | None = None,
+    threads: int = 1,
 ) -> list[Path]:
     """Write ``report.md``, ``report.csv``, ``cases.csv`` (and ``attention.png``) into ``out``."""
     out = Path(out)
@@ -364,7 +383,7 @@ def write_report(
     writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
-    (out / "report.csv").write_text(buffer.getvalue())
+    atomic_write_text(out / "report.csv", buffer.getvalue())
     written.append(out / "report.csv")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -373,7 +392,7 @@ def write_report(
         for case, metrics in r.cases.items():
             for c, m in metrics.items():
                 writer.writerow([_label(r.folder), case, c, labels[c], m["dice"], m["hd95_mm"], m["nsd"]])
-    (out / "cases.csv").write_text(buffer.getvalue())
+    atomic_write_text(out / "cases.csv", buffer.getvalue())
     written.append(out / "cases.csv")
     cases = next(iter(rows)).cases
     text = [
@@ -383,13 +402,13 @@ def write_report(
         "`segment` pipeline (CPU, no TTA). Dice and HD95 are means over the cases (HD95 over the "
         "cases where it is finite, inf when a class is missed in every case); GFLOPs per slice are "
         "counted by `FlopCounterMode` on one inference window (2 FLOPs per multiply-add); CPU time is "
-        "the median per volume.",
+        f"the median per volume with {threads} torch thread{'s' if threads > 1 else ''}.",
         "",
         markdown_table(rows, labels),
     ]
     if png is not None:
         text += [f"![DINO attention maps]({png.name})", ""]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))
     written.append(out / "report.md")
     if png is not None:
         written.append(png)

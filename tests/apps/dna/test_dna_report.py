@@ -112,9 +112,13 @@ def test_cli_report_with_runs_and_long_context(tmp_path, capsys):
     ]
     out = tmp_path / "report"
     argv = ["dna", "report", "--finetune", *map(str, runs), "--long-context", "256", "--preset", "tiny"]
-    assert main([*argv, "-o", str(out)]) == 0
+    page = tmp_path / "dna.md"
+    assert main([*argv, "-o", str(out), "--page", str(page)]) == 0
     text = (out / "report.md").read_text()
     assert "| mouse_0 | 0.5800 | 0.5600 | +0.0200 |" in text
+    stamp = page.read_text().splitlines()[2]  # the results page: title, stamp, the report
+    assert stamp.startswith(f"Measured by `hybrids {' '.join(argv)} -o {out} --page {page}` at commit")
+    assert "| mouse_0 | 0.5800 | 0.5600 | +0.0200 |" in page.read_text()
     result = json.loads((out / "report.json").read_text())
     (long,) = result["long_context"]
     assert long["tokens"] == 256 and long["seconds"] > 0 and long["peak_rss_mib"] > 50

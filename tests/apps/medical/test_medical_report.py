@@ -92,14 +92,27 @@ def test_report_compares_models_on_their_shared_cases(runs, tmp_path, capsys):
 
 def test_report_from_python(runs, tmp_path):
     data, folders = runs
-    config = ReportConfig(models=[folders["swtr"]], data=data, output=tmp_path / "r", flops_size=(48, 64))
+    page = tmp_path / "docs" / "results" / "medical.md"
+    config = ReportConfig(
+        models=[folders["swtr"]],
+        data=data,
+        output=tmp_path / "r",
+        flops_size=(48, 64),
+        page=page,
+        command="hybrids medical report -m swtr ...",
+    )
     result = report(config)
     assert [(r.model, r.flops_input, len(r.cases)) for r in result.rows] == [
         ("medical/swtr_unet", (48, 64), 2)
     ]
     assert result.labels == {1: "Anterior", 2: "Posterior"}
-    assert [p.name for p in result.written] == ["report.csv", "cases.csv", "report.md"]
-    assert markdown_table(result.rows, result.labels) in (tmp_path / "r" / "report.md").read_text()
+    assert [p.name for p in result.written] == ["report.csv", "cases.csv", "report.md", "medical.md"]
+    table = markdown_table(result.rows, result.labels)
+    assert table in (tmp_path / "r" / "report.md").read_text()
+    lines = page.read_text().splitlines()  # the results page: title, stamp, the same table
+    assert lines[0] == "# Medical segmentation: model comparison"
+    assert lines[2].startswith("Measured by `hybrids medical report -m swtr ...` at commit `")
+    assert "machine: " in lines[2] and " cores" in lines[2] and table in page.read_text()
     for bad, message in (
         ({"threads": 0}, "--threads"),
         ({"tolerance": 0.0}, "--tolerance"),
