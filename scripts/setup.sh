@@ -6,6 +6,8 @@
 #   bash scripts/setup.sh             install from the lock (what CI runs)
 #   bash scripts/setup.sh --upgrade   resolve the newest versions pyproject.toml allows, rewrite
 #                                     requirements.lock, install it; then run the tests and commit
+#   bash scripts/setup.sh --relock    after adding or removing a dependency in pyproject.toml:
+#                                     rewrite the lock keeping every other locked version
 #
 # Environment overrides:
 #   PYTHON       interpreter for the venv (default python3)
@@ -22,12 +24,14 @@ VENV=${VENV:-.venv}
 LOCK=requirements.lock
 UV_VERSION=0.13.10  # the resolver used by --upgrade (a dev tool; never imported)
 
-upgrade=0
+relock=0
+UPGRADE=()
 case "${1:-}" in
     "") ;;
-    --upgrade) upgrade=1 ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "setup: unknown option $1 (use --upgrade or --help)" >&2; exit 2 ;;
+    --upgrade) relock=1; UPGRADE=(--upgrade) ;;
+    --relock) relock=1 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option $1 (use --upgrade, --relock or --help)" >&2; exit 2 ;;
 esac
 
 # ffmpeg: decoding compressed audio (MUSDB .stem.mp4, mp3 output); museval's stempeg needs it.
@@ -48,7 +52,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 INDEX_ARGS=()
 [ -z "${TORCH_INDEX:-}" ] || INDEX_ARGS=(--extra-index-url "$TORCH_INDEX")
 
-if [ "$upgrade" -eq 1 ]; then
+if [ "$relock" -eq 1 ]; then
     "${PIP[@]}" install -q "uv==$UV_VERSION"
     FIND_LINKS=()
     # This machine's pip finds torch's CPU wheel through its find-links folder; uv must be told.
@@ -57,9 +61,9 @@ if [ "$upgrade" -eq 1 ]; then
     done
     [ -z "${TORCH_INDEX:-}" ] || FIND_LINKS+=(--extra-index-url "$TORCH_INDEX" --index-strategy unsafe-best-match)
     "$VENV/bin/uv" pip compile pyproject.toml --extra dev scripts/setup-tools.in \
-        --override scripts/torch-override.txt --upgrade --generate-hashes \
+        --override scripts/torch-override.txt "${UPGRADE[@]}" --generate-hashes \
         --python-version 3.11 --python-platform x86_64-manylinux_2_28 "${FIND_LINKS[@]}" \
-        --custom-compile-command "bash scripts/setup.sh --upgrade" -o "$LOCK"
+        --custom-compile-command "bash scripts/setup.sh ${1}" -o "$LOCK"
     echo "setup: rewrote $LOCK; run the tests, then commit it"
 fi
 
