@@ -1,10 +1,23 @@
 """``hybrids bench bsseval``: our BSS Eval v4 (``hybrids.evaluation.bsseval``) against
-``museval.evaluate`` on the same stems, timed in the same run, with the largest difference in dB.
+``museval.evaluate`` on the same stems, timed alternately in the same run, with the largest
+differences in dB.
 
-The stems are cut from the project's real recordings (``kevin_macleod-vibe_ace.ogg``, 61.5 s, and
-``karissa_hobbs-lets_go_fishin.ogg``, 133 s): consecutive pieces of each file are the sources, and
-each estimate is its source plus low-passed noise (0, 10 or 20 dB below it) plus the other sources
-leaking in at ``leak_db``. ``make_stems`` is also what the parity tests use.
+Two cases (``make_cases``), both from the project's real recordings:
+
+- ``broadband`` (``make_stems``): consecutive pieces of ``kevin_macleod-vibe_ace.ogg`` (61.5 s) and
+  ``karissa_hobbs-lets_go_fishin.ogg`` (133 s) are the sources; each estimate is its source plus
+  low-passed noise (0, 10 or 20 dB below it) plus the other sources leaking in at ``leak_db``;
+- ``band-limited`` (``make_band_limited_stems``): one stretch of ``vibe_ace`` band-passed into
+  30-200, 200-1500, 1500-6000 and 6000-16000 Hz under slowly varying gains, like the stems of one mix
+  (bass, ..., hi-hats); each estimate is its source plus the others through short random FIR
+  filters plus 1 % white noise.
+
+museval's own ISR/SIR/SAR are not always reproducible (``museval_noise``): the comparison is split
+into values where museval is stable when both inputs are multiplied by 3, those also stable when a
+noise floor 120 dB below the references is added to them, and the unstable rest. On the band-limited
+stems museval's ISR/SIR/SAR come from roundoff (the references have no energy, to below roundoff,
+outside their bands, and the least-squares filters blow up there): values that survive the x 3
+check (e.g. SAR near 0 dB) still move by dB under the -120 dB floor.
 
 Rows follow ``hybrids bench kernels``: ``{"group", "case", "impl", "time_s", "note"}``; the
 ``museval`` row carries ``time_vs_fast`` (its time over ours) and ``max_abs_diff_db`` per metric.
@@ -22,13 +35,18 @@ from typing import Any
 import numpy as np
 
 from hybrids.datasets.atomic import atomic_write_text
-from hybrids.evaluation.bench.kernels import _with_ratios, format_table
+from hybrids.evaluation.bench.kernels import _with_ratios
 from hybrids.evaluation.bench.timing import machine_info
 
 VIBE = "kevin_macleod-vibe_ace.ogg"
 SONG = "karissa_hobbs-lets_go_fishin.ogg"
 SAMPLERATE = 44100
 METRICS = ("SDR", "ISR", "SIR", "SAR")
+CASES = ("broadband", "band-limited")
+BANDS_HZ = ((30.0, 200.0), (200.0, 1500.0), (1500.0, 6000.0), (6000.0, 16000.0))
+STABLE_DB = 1e-3  # museval's value is "stable" where inputs x 3 move it by less than this (dB)
+FLOOR_DB = -120.0  # the noise floor added to the references in the second stability check
+FLOOR_STABLE_DB = 0.01  # ... and "stable under the floor" where that moves it by less than this (dB)
 
 
 def audio_dir(data_dir: str | Path | None = None) -> Path:
@@ -119,89 +137,227 @@ def make_stems(
     return references, make_estimates(references, **estimate_options)
 
 
-def compare(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> dict[str, float | None]:
+def make_band_limited_stems(
+    duration: float,
+    nsrc: int = 4,
+    *,
+    channels: int = 2,
+    offset: float = 0.0,
+    recordings: Sequence[np.ndarray] | None = None,
+    data_dir: str | Path | None = None,
+    bands: Sequence[tuple[float, float]] = BANDS_HZ,
+    leak_taps: int = 16,
+    leak_gain: float = 0.1,
+    noise: float = 0.01,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(references, estimates)``, each ``(nsrc, duration * 44100, channels)``, like the stems of
+    one mix: the same stretch of the first recording (``offset`` seconds in; ``VIBE`` by default)
+    band-passed into ``bands[j % len(bands)]`` for source ``j`` (4th-order Butterworth, zero phase:
+    ``sosfiltfilt``), each under a slowly varying gain (0.5 .. 1.5, 0.05 .. 0.2 Hz). Estimate ``j`` is
+    reference ``j`` plus every other reference through a random FIR filter (``leak_taps`` taps, gain
+    about ``leak_gain``) plus white noise at ``noise`` times its RMS; seeded."""
+    from scipy.signal import butter, lfilter, sosfiltfilt
+
+    if recordings is None:
+        recordings = load_recordings((VIBE,), data_dir=data_dir)
+    wav = recordings[0][int(round(offset * SAMPLERATE)) :, :channels]
+    nsamples = int(round(duration * SAMPLERATE))
+    if nsamples < 1 or nsamples > len(wav):
+        raise ValueError(
+            f"the recording holds {len(wav) / SAMPLERATE:.1f} s after the offset, not {duration} s"
+        )
+    wav = wav[:nsamples]
+    rng = np.random.default_rng(seed)
+    time_s = np.arange(nsamples) / SAMPLERATE
+    references = np.empty((nsrc, nsamples, wav.shape[1]))
+    for j in range(nsrc):
+        sos = butter(4, bands[j % len(bands)], btype="bandpass", fs=SAMPLERATE, output="sos")
+        gain = 1 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * time_s + rng.uniform(0, 2 * np.pi))
+        references[j] = sosfiltfilt(sos, wav, axis=0) * gain[:, None]
+    estimates = references.copy()
+    for j in range(nsrc):
+        for k in range(nsrc):
+            if k != j:
+                taps = rng.standard_normal(leak_taps) * leak_gain / np.sqrt(leak_taps)
+                estimates[j] += lfilter(taps, [1.0], references[k], axis=0)
+        rms = np.sqrt(np.mean(references[j] ** 2))
+        estimates[j] += noise * rms * rng.standard_normal(references[j].shape)
+    return references, estimates
+
+
+def make_cases(
+    duration: float = 60.0,
+    band_duration: float = 30.0,
+    nsrc: int = 4,
+    *,
+    channels: int = 2,
+    cases: Sequence[str] = CASES,
+    data_dir: str | Path | None = None,
+) -> list[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+    """The benchmark's ``[(case, (references, estimates))]``: ``"broadband"`` (``make_stems``,
+    ``duration`` s) and ``"band-limited"`` (``make_band_limited_stems``, ``band_duration`` s)."""
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ValueError(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    if duration <= 0 or band_duration <= 0 or nsrc < 1:
+        raise ValueError("durations must be > 0 and the number of sources >= 1")
+    recordings = load_recordings(data_dir=data_dir)
+    out = []
+    for case in cases:
+        if case == "broadband":
+            out.append((case, make_stems(duration, nsrc, channels=channels, recordings=recordings)))
+        else:
+            stems = make_band_limited_stems(band_duration, nsrc, channels=channels, recordings=recordings)
+            out.append((case, stems))
+    return out
+
+
+def museval_noise(
+    references: np.ndarray, estimates: np.ndarray, *, floor_db: float = FLOOR_DB, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much museval's own values move, per value ``(4, nsrc, nwin)`` in dB, when (a) both inputs
+    are multiplied by 3 (the same metrics in exact arithmetic) and (b) white noise ``floor_db``
+    below each reference's RMS is added to the references (far below 16-bit quantisation).
+    Returns ``(scaled, floor)``; 0 where museval's value is not finite."""
+    import museval
+
+    base = _stack(museval.evaluate(references, estimates))
+    scaled = _stack(museval.evaluate(references * 3, estimates * 3))
+    rng = np.random.default_rng(seed)
+    rms = np.sqrt(np.mean(references**2, axis=(1, 2), keepdims=True))
+    noisy = references + rng.standard_normal(references.shape) * rms * 10 ** (floor_db / 20)
+    floor = _stack(museval.evaluate(noisy, estimates))
+    with np.errstate(invalid="ignore"):
+        scaled, floor = (np.where(np.isfinite(base), np.abs(base - other), 0.0) for other in (scaled, floor))
+    return scaled, floor
+
+
+def compare(
+    ours: Sequence[np.ndarray],
+    theirs: Sequence[np.ndarray],
+    noise: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    stable_db: float = STABLE_DB,
+    floor_stable_db: float = FLOOR_STABLE_DB,
+) -> dict[str, Any]:
     """Largest |ours - theirs| per metric in dB over frames where both are finite (None if none);
-    ``nan_mismatch`` counts frames that are NaN in one result only."""
-    out: dict[str, float | None] = {}
-    mismatch = 0
-    for name, a, b in zip(METRICS, ours, theirs):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        mismatch += int(np.sum(np.isnan(a) != np.isnan(b)))
-        both = np.isfinite(a) & np.isfinite(b)
-        out[name] = float(np.max(np.abs(a[both] - b[both]))) if both.any() else None
-    out["nan_mismatch"] = mismatch
+    ``nan_mismatch`` counts values that are NaN in one result only.
+
+    With ``noise`` (``museval_noise``), also per metric, as ``[n values, largest |difference|]``:
+    ``"stable"`` where museval moves by less than ``stable_db`` when its inputs are scaled by 3,
+    ``"stable_floor"`` where it also moves by less than ``floor_stable_db`` (the parity tolerance)
+    under the -120 dB noise floor, and ``"unstable"`` for the rest.
+    """
+    a, b = _stack(ours), _stack(theirs)
+    both = np.isfinite(a) & np.isfinite(b)
+    diff = np.where(both, np.abs(a - b), 0.0)
+    out: dict[str, Any] = {}
+    for i, name in enumerate(METRICS):
+        out[name] = float(diff[i][both[i]].max()) if both[i].any() else None
+    out["nan_mismatch"] = int(np.sum(np.isnan(a) != np.isnan(b)))
+    if noise is not None:
+        scaled, floor = noise
+        splits = {
+            "stable": both & (scaled < stable_db),
+            "stable_floor": both & (scaled < stable_db) & (floor < floor_stable_db),
+            "unstable": both & ~(scaled < stable_db),
+        }
+        for split, mask in splits.items():
+            out[split] = {
+                name: [int(mask[i].sum()), float(diff[i][mask[i]].max()) if mask[i].any() else None]
+                for i, name in enumerate(METRICS)
+            }
     return out
 
 
 def run_bsseval_benchmark(
     *,
     duration: float = 60.0,
+    band_duration: float = 30.0,
     nsrc: int = 4,
     channels: int = 2,
     repeats: int = 3,
     museval_repeats: int = 1,
     data_dir: str | Path | None = None,
+    cases: Sequence[tuple[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     stems: tuple[np.ndarray, np.ndarray] | None = None,
+    stability: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Time ``hybrids.evaluation.bsseval.evaluate`` (best of ``repeats``) and ``museval.evaluate``
-    (best of ``museval_repeats``) on the same stems in this process; returns the result dict."""
+    (best of ``museval_repeats``), alternating, on each case in this process; returns the result dict.
+
+    ``cases``: ``[(name, (references, estimates))]``, by default ``make_cases(duration,
+    band_duration, nsrc)`` (``stems``: a single case named ``"stems"``). With ``stability``, museval
+    also runs on the rescaled and the noise-floored inputs (``museval_noise``) and the differences
+    are split into stable and unstable values.
+    """
     import museval
 
     from hybrids.evaluation.bsseval import evaluate
 
     if repeats < 1 or museval_repeats < 1:
         raise ValueError("repeats must be >= 1")
-    references, estimates = (
-        stems if stems is not None else make_stems(duration, nsrc, channels=channels, data_dir=data_dir)
-    )
-    nsrc, nsamples, channels = references.shape
-    case = f"{nsrc} src x {nsamples / SAMPLERATE:g} s x {channels} ch"
+    if cases is None:
+        if stems is not None:
+            cases = [("stems", stems)]
+        else:
+            cases = make_cases(duration, band_duration, nsrc, channels=channels, data_dir=data_dir)
     started = time.perf_counter()
-
-    def timed(fn: Callable[[], Any], n: int) -> tuple[float, Any]:
-        best, result = float("inf"), None
-        for _ in range(n):
-            start = time.perf_counter()
-            result = fn()
-            best = min(best, time.perf_counter() - start)
-        return best, result
-
-    log(f"bsseval: ours on {case} ...")
-    ours_s, ours = timed(lambda: evaluate(references, estimates), repeats)
-    log(f"bsseval: museval.evaluate on {case} ...")
-    theirs_s, theirs = timed(lambda: museval.evaluate(references, estimates), museval_repeats)
-    diff = compare(ours, theirs)
-    note = "max |diff| dB: " + ", ".join(
-        f"{m} {diff[m]:.1e}" if diff[m] is not None else f"{m} -" for m in METRICS
-    )
-    if diff["nan_mismatch"]:
-        note += f"; {diff['nan_mismatch']} NaN mismatches"
-    rows = [
-        {
-            "group": "bsseval",
-            "case": case,
-            "impl": "fast",
-            "time_s": ours_s,
-            "note": "hybrids.evaluation.bsseval",
-        },
-        {
-            "group": "bsseval",
-            "case": case,
-            "impl": "museval",
-            "time_s": theirs_s,
-            "max_abs_diff_db": diff,
-            "note": note,
-        },
-    ]
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    for name, (references, estimates) in cases:
+        nsrc_, nsamples, channels_ = references.shape
+        case = f"{name} {nsrc_} src x {nsamples / SAMPLERATE:g} s x {channels_} ch"
+        ours_s = theirs_s = float("inf")
+        ours = theirs = None
+        for r in range(max(repeats, museval_repeats)):  # alternate: both see the same machine load
+            if r < repeats:
+                log(f"bsseval: ours on {case} ({r + 1}/{repeats}) ...")
+                start = time.perf_counter()
+                ours = evaluate(references, estimates)
+                ours_s = min(ours_s, time.perf_counter() - start)
+            if r < museval_repeats:
+                log(f"bsseval: museval.evaluate on {case} ({r + 1}/{museval_repeats}) ...")
+                start = time.perf_counter()
+                theirs = museval.evaluate(references, estimates)
+                theirs_s = min(theirs_s, time.perf_counter() - start)
+        noise = None
+        if stability:
+            log(f"bsseval: museval on {case}, inputs x 3 and with a {FLOOR_DB:g} dB floor ...")
+            noise = museval_noise(references, estimates)
+        diff = compare(ours, theirs, noise)
+        note = "max |diff| dB: " + ", ".join(
+            f"{m} {diff[m]:.1e}" if diff[m] is not None else f"{m} -" for m in METRICS
+        )
+        if diff["nan_mismatch"]:
+            note += f"; {diff['nan_mismatch']} NaN mismatches"
+        rows.append({"group": "bsseval", "case": case, "impl": "fast", "time_s": ours_s, "note": "hybrids"})
+        rows.append(
+            {
+                "group": "bsseval",
+                "case": case,
+                "impl": "museval",
+                "time_s": theirs_s,
+                "max_abs_diff_db": diff,
+                "note": note,
+            }
+        )
+        summary.append({"case": case, "ours_s": ours_s, "museval_s": theirs_s, "speedup": theirs_s / ours_s})
     rows = _with_ratios(rows)
     return {
         "machine": machine_info(museval=getattr(museval, "__version__", None) or _museval_version()),
         "repeats": repeats,
         "wall_s": time.perf_counter() - started,
-        "speedup": theirs_s / ours_s,
+        "speedup": min(c["speedup"] for c in summary),
+        "cases": summary,
         "rows": rows,
     }
+
+
+def _stack(result: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([np.asarray(m, dtype=np.float64) for m in result[:4]])
 
 
 def _museval_version() -> str | None:
@@ -214,11 +370,53 @@ def _museval_version() -> str | None:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    """The rows as a table plus one summary line (speed-up and largest difference)."""
-    text = format_table(result)
-    diff = next(r["max_abs_diff_db"] for r in result["rows"] if r["impl"] == "museval")
-    worst = max((v for k, v in diff.items() if k in METRICS and v is not None), default=float("nan"))
-    return text + f"\nspeed-up over museval: {result['speedup']:.1f}x; largest |difference| {worst:.2e} dB"
+    """Per case: our time, museval's, the speed-up, and the largest |difference| per metric (over
+    stable and unstable values where museval's stability was measured)."""
+    lines = []
+    width = max(len(c["case"]) for c in result["cases"])
+    lines.append(f"{'case'.ljust(width)}  {'ours s':>8}  {'museval s':>9}  {'speed-up':>8}")
+    for c in result["cases"]:
+        lines.append(
+            f"{c['case'].ljust(width)}  {c['ours_s']:8.2f}  {c['museval_s']:9.2f}  {c['speedup']:7.1f}x"
+        )
+    lines.append("")
+    lines.append("max |ours - museval| dB [values compared]")
+    splits = [
+        ("all", None),
+        ("stable", "museval moves < {db:g} dB when inputs x 3"),
+        ("stable_floor", "... and < {fdb:g} dB with a {floor:g} dB noise floor on the references"),
+        ("unstable", "museval moves >= {db:g} dB when inputs x 3"),
+    ]
+    head = f"{'':{width}}  {'':12}" + "".join(f"  {m:>18}" for m in METRICS)
+    lines.append(head)
+    for row in result["rows"]:
+        if row["impl"] != "museval":
+            continue
+        diff = row["max_abs_diff_db"]
+        for split, _ in splits:
+            if split == "all":
+                cells = [_cell(diff[m]) for m in METRICS]
+            elif split in diff:
+                cells = [_cell(v, n) for n, v in (diff[split][m] for m in METRICS)]
+            else:
+                continue
+            case = row["case"] if split == "all" else ""
+            lines.append(f"{case.ljust(width)}  {split:12}" + "".join(f"  {c:>18}" for c in cells))
+    lines.append("")
+    for split, text in splits[1:]:
+        lines.append(f"{split}: " + text.format(db=STABLE_DB, fdb=FLOOR_STABLE_DB, floor=FLOOR_DB))
+    machine = result["machine"]
+    lines.append(
+        f"({machine['cpu_count']} CPU cores, museval {machine.get('museval')}, best of {result['repeats']}, "
+        f"total {result['wall_s']:.0f} s)"
+    )
+    lines.append(f"speed-up over museval: {result['speedup']:.1f}x (the smallest over the cases)")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, n: int | None = None) -> str:
+    text = "-" if value is None else f"{value:.1e}"
+    return text if n is None else f"{text} [{n}]"
 
 
 def save_result(result: dict[str, Any], path: str | Path) -> None:
