@@ -42,9 +42,13 @@ def _commit() -> str:
         ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        from hybrids.apps import __version__
+        from importlib import metadata
 
-        return f"hybrids {__version__} (not a git checkout)"
+        try:
+            version = metadata.version("hybrids")
+        except metadata.PackageNotFoundError:
+            version = "0+unknown"
+        return f"hybrids {version} (not a git checkout)"
 
 
 def _cpu_name() -> str:

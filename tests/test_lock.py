@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ DIRECT = "hybrids (pyproject.toml)"  # how the resolver marks a requirement of o
 SOURCE_FOLDERS = ("apps", "shared_blocks", "kernels", "datasets", "evaluation")
 
 # Where a distribution's import name differs from its name on PyPI.
-IMPORT_NAMES = {"biopython": "Bio", "pyyaml": "yaml"}
+IMPORT_NAMES = {"biopython": "Bio", "pyyaml": "yaml", "scikit-learn": "sklearn"}
 # Dev tools used as programs or by pytest itself, never imported by our code.
 TOOLS = {"pytest", "ruff"}
 
@@ -125,3 +127,70 @@ def test_every_declared_dependency_is_imported_somewhere():
             continue
         module = IMPORT_NAMES.get(name, name.replace("-", "_"))
         assert module in imported, f"{requirement.name} is declared but nothing imports {module}"
+
+
+def _guarded_imports(tree: ast.AST) -> set[int]:
+    """Line numbers of imports inside ``try: ... except ImportError`` (optional, e.g. GPU-only)."""
+    lines = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        caught = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+        if not caught & {"ImportError", "ModuleNotFoundError", "(ImportError, OSError)", "Exception"}:
+            continue
+        for stmt in node.body:
+            for inner in ast.walk(stmt):
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    lines.add(inner.lineno)
+    return lines
+
+
+def _third_party_imports(folders, module_level_only: bool = False) -> dict[str, str]:
+    """``{top-level module: first file importing it}`` for unguarded imports outside the stdlib
+    (with ``module_level_only``, only those a module runs when it is imported)."""
+    local = {p.stem for p in (REPO_ROOT / "tests").rglob("*.py")} | {"hybrids"}
+    found: dict[str, str] = {}
+    for path in sorted(p for folder in folders for p in (REPO_ROOT / folder).rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        guarded = _guarded_imports(tree)
+        for node in tree.body if module_level_only else ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            if node.lineno in guarded:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in local:
+                    found.setdefault(top, str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+@pytest.mark.parametrize("scope", ["package import", "lazy import", "tests"])
+def test_every_imported_package_is_declared(scope):
+    """An import that only works because another package happened to pull its distribution in
+    (scikit-learn arrived with librosa once) fails here, not on a fresh machine. What our modules
+    import at import time must be a runtime dependency; a peer imported inside a benchmark function
+    (demucs, transformers) may be a dev dependency."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    dev = [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+    folders, allowed = {
+        "package import": (SOURCE_FOLDERS, runtime),
+        "lazy import": (SOURCE_FOLDERS, runtime + dev),
+        "tests": (("tests",), runtime + dev),
+    }[scope]
+    allowed_names = {canonicalize_name(r.name) for r in allowed}
+    distributions = metadata.packages_distributions()
+    problems = []
+    imports = _third_party_imports(folders, module_level_only=scope == "package import")
+    for module, where in imports.items():
+        owners = {canonicalize_name(d) for d in distributions.get(module, [])}
+        if not owners:
+            problems.append(f"{where} imports {module}, which no installed distribution provides")
+        elif not owners & allowed_names:
+            problems.append(f"{where} imports {module} (from {', '.join(sorted(owners))}), not declared")
+    assert problems == []
