@@ -62,7 +62,8 @@ def _cpu_name() -> str:
 
 
 def measurement_stamp(command: str | None = None) -> dict[str, str]:
-    """``{"command", "commit", "date", "machine"}`` of a measurement made now in this process.
+    """``{"command", "commit", "date", "machine"}`` of a measurement made now in this process
+    (the machine includes the 1-minute load average, so a timing made beside other work says so).
 
     ``command`` defaults to this process's command line. Torch facts (threads, GPU, version) are
     read only when torch is already imported (a report that measured nothing with torch has none).
@@ -70,6 +71,8 @@ def measurement_stamp(command: str | None = None) -> dict[str, str]:
     if command is None:
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     machine = f"{_cpu_name()}, {os.cpu_count()} cores"
+    if hasattr(os, "getloadavg"):  # timings on a shared machine mean little without it
+        machine += f" (load average {os.getloadavg()[0]:.1f} when written)"
     torch = sys.modules.get("torch")
     if torch is not None:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
