@@ -65,7 +65,7 @@ def measurement_stamp(command: str | None = None) -> dict[str, str]:
     """``{"command", "commit", "date", "machine"}`` of a measurement made now in this process
     (the machine includes the 1-minute load average, so a timing made beside other work says so).
 
-    ``command`` defaults to this process's command line. Torch facts (threads, GPU, version) are
+    ``command`` defaults to this process's command line. Torch facts (version, GPU) are
     read only when torch is already imported (a report that measured nothing with torch has none).
     """
     if command is None:
@@ -76,7 +76,7 @@ def measurement_stamp(command: str | None = None) -> dict[str, str]:
     torch = sys.modules.get("torch")
     if torch is not None:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-        machine += f", torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
+        machine += f", torch {torch.__version__}, {gpu}"  # threads: each report states its own
     return {
         "command": command,
         "commit": _commit(),
