@@ -14,6 +14,7 @@ adds it in the surrounding model).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from hybrids.kernels.attention.factorized import COMBINES, MODES, axis_mean_pool
 from hybrids.kernels.rope import apply_rope, rope_cos_sin
 from hybrids.shared_blocks.factories import check_spatial_dims
 
-__all__ = ["AxisReducer", "FactorizedAttention"]
+__all__ = ["OUT_NORMS", "AxisReducer", "FactorizedAttention"]
 
 
 class AxisReducer(nn.Module):
@@ -46,7 +47,7 @@ class AxisReducer(nn.Module):
         self.fc1 = nn.Linear(hidden_dim, 2 * hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, positions: Sequence[Tensor] | None = None) -> Tensor:
         z = self.fc1(self.norm(self.to_in(axis_mean_pool(x, self.axis))))
         gate, value = z.chunk(2, dim=-1)
         return self.fc2(F.gelu(gate) * value)
@@ -57,6 +58,19 @@ def _instance_norm_grid(x: Tensor, eps: float = 1e-5) -> Tensor:
     dims = tuple(range(1, x.dim() - 1))
     var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
     return (x - mean) * torch.rsqrt(var + eps)
+
+
+def _head_norm_grid(x: Tensor, heads: int, eps: float = 1e-8) -> Tensor:
+    """Normalise each head's channels of ``x (b, *grid, heads * c)`` jointly over the grid and the head's
+    ``c`` channels (FactFormer's ``GroupNorm(heads, ..., domain_wise=True, affine=False)``: unbiased
+    variance, ``eps`` added to it)."""
+    shape = x.shape
+    g = x.reshape(shape[0], -1, heads, shape[-1] // heads)
+    var, mean = torch.var_mean(g, dim=(1, 3), keepdim=True, correction=1)
+    return ((g - mean) / torch.sqrt(var + eps)).reshape(shape)
+
+
+OUT_NORMS = ("instance", "head")
 
 
 class FactorizedAttention(nn.Module):
@@ -71,9 +85,16 @@ class FactorizedAttention(nn.Module):
        ``dim_head * kernel_multiplier`` (linear, no bias, Xavier-uniform with gain 0.02 as FactFormer);
        optional RoPE on ``q_a, k_a`` at grid indices ``0..N_a-1``.
     3. ``factorized_attention(q, k, v, mode, combine, scale, quadrature)``; heads concatenated.
-    4. Instance norm over the grid per channel, then ``to_out``: linear (no bias) -> GELU -> linear (no
-       bias). In ``mode="parallel"`` with ``combine="concat"`` (IFactFormer-m) the first linear takes
+    4. ``out_norm``: ``"instance"`` (default; each channel over the grid, as IFactFormer-m's
+       ``InstanceNorm3d``) or ``"head"`` (each head's channels jointly over the grid, FactFormer's
+       domain-wise ``GroupNorm``); then ``to_out``: linear (no bias) -> GELU -> linear (no bias). In
+       ``mode="parallel"`` with ``combine="concat"`` (IFactFormer-m) the first linear takes
        ``n · heads · dim_head`` features.
+
+    ``forward(x, positions)``: ``positions`` (one 1-D tensor of length ``N_a`` per axis) are the RoPE
+    positions, multiplied by ``rope_scale``; default ``0 .. N_a - 1``. FactFormer rotates at physical
+    coordinates ``linspace(0, 2 pi, N_a)`` times ``1 / min_freq = 64`` with base 10000 and the same
+    rotate-half layout: ``positions=[linspace(0, 2 pi, N)] * n, rope_scale=64`` reproduces it.
 
     ``scale=None`` follows FactFormer: ``1 / sqrt(dim_head * kernel_multiplier)`` if ``kernel_multiplier
     > 4`` else 1. ``quadrature=True`` divides ``K_a`` by ``N_a`` (not done by FactFormer).
@@ -101,6 +122,8 @@ class FactorizedAttention(nn.Module):
         quadrature: bool = False,
         rope: bool = False,
         rope_base: float = 10000.0,
+        rope_scale: float = 1.0,
+        out_norm: str = "instance",
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims, (2, 3))
@@ -108,6 +131,10 @@ class FactorizedAttention(nn.Module):
             raise ValueError(f"FactorizedAttention: unknown mode {mode!r}; expected one of {MODES}")
         if combine not in COMBINES:
             raise ValueError(f"FactorizedAttention: unknown combine {combine!r}; expected one of {COMBINES}")
+        if out_norm not in OUT_NORMS:
+            raise ValueError(
+                f"FactorizedAttention: unknown out_norm {out_norm!r}; expected one of {OUT_NORMS}"
+            )
         latent_dim = dim if latent_dim is None else latent_dim
         dim_out = dim if dim_out is None else dim_out
         if min(dim, heads, dim_head, latent_dim, dim_out, kernel_multiplier) <= 0:
@@ -131,6 +158,8 @@ class FactorizedAttention(nn.Module):
         self.quadrature = quadrature
         self.rope = rope
         self.rope_base = rope_base
+        self.rope_scale = rope_scale
+        self.out_norm = out_norm
 
         self.in_norm = nn.LayerNorm(dim)
         self.to_v = nn.Linear(dim, heads * dim_head, bias=False)
@@ -156,21 +185,29 @@ class FactorizedAttention(nn.Module):
         b, n, _ = t.shape
         return t.reshape(b, n, self.heads, -1).transpose(1, 2)
 
-    def axis_queries_keys(self, u: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def axis_queries_keys(
+        self, u: Tensor, positions: Sequence[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Per-axis ``q_a, k_a (b, heads, N_a, dim_head * kernel_multiplier)`` from ``to_in(in_norm(x))``."""
         qs, ks = [], []
         for a in range(self.spatial_dims):
             s = self.reducers[a](u)
             q, k = self._heads(self.to_q[a](s)), self._heads(self.to_k[a](s))
             if self.rope:
-                positions = torch.arange(s.shape[1], device=s.device)
-                cos, sin = rope_cos_sin(positions, self.qk_dim, base=self.rope_base, dtype=q.dtype)
+                pos = torch.arange(s.shape[1], device=s.device) if positions is None else positions[a]
+                if pos.shape != (s.shape[1],):
+                    raise ValueError(
+                        f"FactorizedAttention: positions of axis {a} must be ({s.shape[1]},), "
+                        f"got {tuple(pos.shape)}"
+                    )
+                pos = pos.to(s.device) * self.rope_scale
+                cos, sin = rope_cos_sin(pos, self.qk_dim, base=self.rope_base, dtype=q.dtype)
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             qs.append(q)
             ks.append(k)
         return qs, ks
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, positions: Sequence[Tensor] | None = None) -> Tensor:
         if x.dim() != self.spatial_dims + 2 or x.shape[-1] != self.dim:
             raise ValueError(
                 f"FactorizedAttention: x must be (b, *grid ({self.spatial_dims} axes), {self.dim}), "
@@ -179,16 +216,17 @@ class FactorizedAttention(nn.Module):
         u = self.in_norm(x)
         v = self.to_v(u)  # (b, *grid, heads * dim_head)
         v = v.reshape(*v.shape[:-1], self.heads, self.dim_head).movedim(-2, 1)  # (b, heads, *grid, dh)
-        qs, ks = self.axis_queries_keys(self.to_in(u))
+        qs, ks = self.axis_queries_keys(self.to_in(u), positions)
         out = factorized_attention(
             qs, ks, v, mode=self.mode, combine=self.combine, scale=self.scale, quadrature=self.quadrature
         )
         out = out.movedim(1, -2).flatten(-2)  # (b, *grid, heads * c)
-        return self.to_out(_instance_norm_grid(out))
+        out = _head_norm_grid(out, self.heads) if self.out_norm == "head" else _instance_norm_grid(out)
+        return self.to_out(out)
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, "
             f"spatial_dims={self.spatial_dims}, mode={self.mode!r}, combine={self.combine!r}, "
-            f"scale={self.scale:g}, quadrature={self.quadrature}"
+            f"scale={self.scale:g}, quadrature={self.quadrature}, out_norm={self.out_norm!r}"
         )
