@@ -34,6 +34,7 @@ __all__ = [
     "catalog_rows",
     "full_name",
     "read_index",
+    "weights_cache_dir",
 ]
 
 APPS_DIR = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def write_index(path: Path = INDEX_PATH) -> None:
 
 
 # -- what `hybrids models` prints ---------------------------------------------------------------
-def _cache_dir() -> Path:
+def weights_cache_dir() -> Path:
     """The weights cache (``hybrids.apps.core.weights.cache_dir``) without importing torch: the
     same folders ``torch.hub.get_dir()`` picks by default."""
     if "torch" in sys.modules:
@@ -177,7 +178,7 @@ def _cache_dir() -> Path:
 def _weights_status(weights: list[dict[str, Any]]) -> str:
     if not weights:
         return "-"
-    cache = _cache_dir()
+    cache = weights_cache_dir()
     files = weights[0]["files"]
     if not files:
         return "official"

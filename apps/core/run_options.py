@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from hybrids.apps.core.errors import InputError
 
-__all__ = ["DEFAULT_SEED", "RESUME_NAME", "RunOptions", "add_run_arguments", "config_from_args"]
+__all__ = [
+    "DEFAULT_SEED",
+    "RESUME_NAME",
+    "RunOptions",
+    "TrainResult",
+    "add_run_arguments",
+    "config_from_args",
+]
 
 RESUME_NAME = "resume.ckpt"
 DEFAULT_SEED = 42
@@ -78,6 +85,17 @@ class RunOptions:
     @property
     def resume_path(self) -> Path | None:
         return self.out / RESUME_NAME if self.resume else None
+
+
+@dataclass
+class TrainResult:
+    """What a training verb's ``train(config)`` returns (every process returns one)."""
+
+    module: Any  # the vertical's LightningModule, its model trained
+    history: list[dict[str, Any]]  # every record of OUT/history.json
+    best: dict[str, Any] | None  # the record of OUT/best (None: no score was kept)
+    out: Path
+    is_global_zero: bool = True
 
 
 def add_run_arguments(

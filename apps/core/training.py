@@ -27,6 +27,7 @@ What lives here, so that no vertical repeats it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = [
     "quiet_lightning",
     "save_model_folder",
     "seed_run",
+    "validate",
 ]
 
 logger = logging.getLogger("hybrids.training")
@@ -185,11 +187,31 @@ def build_trainer(
     )
 
 
+@contextlib.contextmanager
+def _ctrl_c_as_keyboard_interrupt(trainer: L.Trainer) -> Iterator[None]:
+    """Lightning turns Ctrl-C into ``exit(1)`` after its clean shutdown; re-raise it as
+    ``KeyboardInterrupt`` so the CLI exits with 130, as every other command does."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+
+
 def fit(trainer: L.Trainer, module: L.LightningModule, run: RunOptions, **data: Any) -> None:
     """``trainer.fit`` from ``OUT/resume.ckpt`` when resuming (read with ``weights_only=True``:
-    tensors and plain values only, never code)."""
+    tensors and plain values only, never code); Ctrl-C raises ``KeyboardInterrupt``."""
     ckpt = run.resume_path
-    trainer.fit(module, ckpt_path=ckpt, weights_only=True if ckpt else None, **data)
+    with _ctrl_c_as_keyboard_interrupt(trainer):
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True if ckpt else None, **data)
+
+
+def validate(trainer: L.Trainer, module: L.LightningModule, **data: Any) -> None:
+    """``trainer.validate`` (the starting or stopping point of a run, quietly); Ctrl-C raises
+    ``KeyboardInterrupt``."""
+    with _ctrl_c_as_keyboard_interrupt(trainer):
+        trainer.validate(module, verbose=False, **data)
 
 
 # -- the checkpoint callback --------------------------------------------------------------------------

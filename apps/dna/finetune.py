@@ -204,7 +204,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     from torch.utils.data import DataLoader
 
     from hybrids.apps.core.checkpoint import load_checkpoint
-    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, save_model_folder
+    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, save_model_folder, validate
     from hybrids.apps.dna.training import ClassificationModule, ListDataset, pad_collate
     from hybrids.datasets.atomic import atomic_write_text
 
@@ -298,7 +298,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     )
     fit(trainer, module, run, train_dataloaders=train_loader, val_dataloaders=dev_loader)
     if not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, dataloaders=dev_loader, verbose=False)  # the stopping point
+        validate(trainer, module, dataloaders=dev_loader)  # the stopping point
     if checkpoint.best is None:
         raise InputError("no validation on dev.csv was run (is --max-time too short?)")
     best_folder = run.out / "best"

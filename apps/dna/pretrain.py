@@ -201,7 +201,7 @@ def build_lm(config: PretrainConfig, vocab_size: int):
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
     """Pretrain as ``config`` says (module docstring); every process returns."""
-    from hybrids.apps.core.training import RunCheckpoint, build_trainer, default_threads, fit
+    from hybrids.apps.core.training import RunCheckpoint, build_trainer, default_threads, fit, validate
     from hybrids.apps.dna.training import CausalLMModule, GenomeDataModule
     from hybrids.datasets.dna import DNATokenizer
 
@@ -298,8 +298,8 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         default_threads(run) or "torch's default",
     )
     if not run.resume:
-        trainer.validate(module, datamodule=data, verbose=False)  # the starting point
+        validate(trainer, module, datamodule=data)  # the starting point
     fit(trainer, module, run, datamodule=data)
     if not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the end point
+        validate(trainer, module, datamodule=data)  # the end point
     return PretrainResult(checkpoint.history, checkpoint.best, summary, run.out, trainer.is_global_zero)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.run_options import RunOptions, TrainResult
 
 logger = logging.getLogger("hybrids.hsi.train")
 
@@ -81,15 +81,6 @@ class TrainConfig:
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
         self.run.check()
-
-
-@dataclass
-class TrainResult:
-    module: Any  # the DenoiserModule, its model trained
-    history: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    out: Path
-    is_global_zero: bool = True
 
 
 def load_salinas(data: Path, labels: Path | None) -> dict[str, Any]:
@@ -135,7 +126,14 @@ def train(config: TrainConfig) -> TrainResult:
     import numpy as np
 
     from hybrids.apps.core.registry import create_model
-    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, save_model_folder, seed_run
+    from hybrids.apps.core.training import (
+        RunCheckpoint,
+        build_trainer,
+        fit,
+        save_model_folder,
+        seed_run,
+        validate,
+    )
     from hybrids.apps.hsi.training import (
         STAGES,
         DenoiserModule,
@@ -278,5 +276,5 @@ def train(config: TrainConfig) -> TrainResult:
     )
     fit(trainer, module, run, datamodule=data)
     if not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the stopping point
+        validate(trainer, module, datamodule=data)  # the stopping point
     return TrainResult(module, checkpoint.history, checkpoint.best, run.out, trainer.is_global_zero)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.run_options import RunOptions, TrainResult
 
 logger = logging.getLogger("hybrids.medical.train")
 
@@ -112,18 +112,9 @@ class TrainConfig:
         self.run.check()
 
 
-@dataclass
-class TrainResult:
-    module: Any  # the SegmentationModule, its model trained
-    history: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    out: Path
-    is_global_zero: bool = True
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Train as ``config`` says (module docstring); every process returns."""
-    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, seed_run
+    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, seed_run, validate
     from hybrids.apps.medical.training import (
         MedicalDataModule,
         SegmentationModule,
@@ -295,6 +286,5 @@ def train(config: TrainConfig) -> TrainResult:
     )
     fit(trainer, module, run, datamodule=data)
     if valid_cases and (not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step):
-        trainer.validate(module, datamodule=data, verbose=False)  # the stopping point
+        validate(trainer, module, datamodule=data)  # the stopping point
     return TrainResult(module, checkpoint.history, checkpoint.best, run.out, trainer.is_global_zero)
-

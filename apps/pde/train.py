@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.run_options import RunOptions, TrainResult
 
 logger = logging.getLogger("hybrids.pde.train")
 
@@ -83,20 +83,18 @@ class TrainConfig:
         self.run.check()
 
 
-@dataclass
-class TrainResult:
-    module: Any  # the SurrogateModule, its model trained
-    history: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    out: Path
-    is_global_zero: bool = True
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Train as ``config`` says (module docstring); every process returns."""
     from hybrids.apps.core.errors import HybridsError
     from hybrids.apps.core.registry import create_model, get_model_entry
-    from hybrids.apps.core.training import RunCheckpoint, build_trainer, fit, save_model_folder, seed_run
+    from hybrids.apps.core.training import (
+        RunCheckpoint,
+        build_trainer,
+        fit,
+        save_model_folder,
+        seed_run,
+        validate,
+    )
     from hybrids.apps.pde.training import (
         PDEDataModule,
         SurrogateModule,
@@ -256,5 +254,5 @@ def train(config: TrainConfig) -> TrainResult:
     )
     fit(trainer, module, run, datamodule=data)
     if not checkpoint.history or checkpoint.history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the stopping point
+        validate(trainer, module, datamodule=data)  # the stopping point
     return TrainResult(module, checkpoint.history, checkpoint.best, run.out, trainer.is_global_zero)
