@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -36,6 +37,8 @@ import numpy as np
 import torch
 
 from hybrids.datasets.atomic import atomic_write_path
+
+_logger = logging.getLogger("hybrids.datasets.audio")
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -275,6 +278,9 @@ class AudioReader:
         self.path = _check_input(path)
         info = audio_info(self.path)
         self.source_samplerate, self.source_channels = info.samplerate, info.channels
+        self.stated_frames = info.frames  # the length the header (or container) states
+        self.decoded_frames = 0  # set by iterating: what the decoder actually gave
+        self._exact_length = False  # soundfile's frame counts are exact; ffprobe's durations estimates
         self.samplerate = int(samplerate or info.samplerate)
         self.channels = int(channels or info.channels)
         if self.samplerate <= 0 or block_frames < 1:
@@ -305,12 +311,33 @@ class AudioReader:
             out = stream.resample_chunk(np.ascontiguousarray(wav.numpy().T))
             if out.shape[0]:
                 yield torch.from_numpy(np.ascontiguousarray(out.T))
+        self.decoded_frames = total
         if total == 0:
             raise EmptyAudioError(f"{self.path}: contains no audio samples")
+        self._warn_if_short(total)
         if stream is not None:
             out = stream.resample_chunk(np.zeros((0, self.channels), dtype=np.float32), last=True)
             if out.shape[0]:
                 yield torch.from_numpy(np.ascontiguousarray(out.T))
+
+    def _warn_if_short(self, total: int) -> None:
+        """A damaged file whose header is intact: the decoder stopped before the length the header
+        states (e.g. an Ogg file with bytes missing in the middle). The audio decoded is kept (as
+        demucs and ffmpeg do) and one warning names the file and both durations. A file cut at its
+        end states no other length (Ogg has no length field: it is read from the last page) and
+        cannot be told from a short file."""
+        rate, stated = self.source_samplerate, self.stated_frames
+        # exact counts (soundfile): more than 10 ms missing; ffprobe's estimates: 0.5 s and 5 %
+        tolerance = max(1, rate // 100) if self._exact_length else max(rate // 2, stated // 20)
+        if stated - total > tolerance:
+            _logger.warning(
+                "%s: decoding stopped at %.2f s of the %.2f s its header states (the file is damaged "
+                "or truncated); only the first %.2f s are used",
+                self.path,
+                total / rate,
+                stated / rate,
+                total / rate,
+            )
 
     def _decoded(self) -> Iterator[np.ndarray]:
         """Float32 frames ``(n, source channels)`` from soundfile, or from ffmpeg when libsndfile
@@ -323,6 +350,7 @@ class AudioReader:
             except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
                 handle = None
             if handle is not None:
+                self._exact_length = True
                 with handle:
                     while True:
                         try:

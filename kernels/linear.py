@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "IMPLS", "compute_dtype", "linear", "linear_reference", "onednn_available"]
+__all__ = [
+    "ACTIVATIONS",
+    "IMPLS",
+    "compute_dtype",
+    "cpu_native_bf16",
+    "linear",
+    "linear_reference",
+    "onednn_available",
+]
 
 IMPLS = ("auto", "reference", "onednn")
 ACTIVATIONS = ("none", "gelu")
@@ -49,6 +57,22 @@ def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
             y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
             expected = (x.double()[:, None, :] * w.double()[None]).sum(-1)
         return bool(torch.allclose(y.double(), expected, atol=2e-2))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware: on x86, AVX512-BF16 or AMX; elsewhere,
+    oneDNN's bfloat16 support (e.g. Arm's BF16 extension). Without it, bfloat16 products are
+    emulated and slower than float32 ones."""
+    import platform
+
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64", "x86", "i386", "i686"):
+            cpu = torch.cpu
+            return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 

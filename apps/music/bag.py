@@ -11,6 +11,7 @@ Parameter names are demucs's (``models.<k>.<HTDemucs parameter>``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -65,7 +66,60 @@ class HTDemucsBagConfig(HTDemucsConfig):
 
 
 class BagOfModels(nn.Module):
-    """Per-source weighted average of HT Demucs models: ``(b, c, t) -> (b, sources, c, t)``."""
+    """Per-source weighted average of models: ``(b, c, t) -> (b, sources, c, t)`` (demucs's
+    ``BagOfModels``; the one bag class here).
+
+    ``BagOfModels(config)`` is the registry's bag of HT Demucs models (``music/htdemucs_ft``), built
+    from an :class:`HTDemucsBagConfig` and loaded from a state dict. ``BagOfModels.from_models(models,
+    weights, segment)`` bags any separation models (demucs's ``BagOfModels(models, weights, segment)``),
+    e.g. models loaded elsewhere. ``apply_model`` runs a bag member by member (each chunked at its own
+    segment, or at the bag's ``segment`` when set); calling the bag runs each member on the whole input.
+    """
+
+    segment: float | None = None  # overrides each member's segment in apply_model when set
+
+    @classmethod
+    def from_models(
+        cls,
+        models: Sequence[nn.Module],
+        weights: Sequence[Sequence[float]] | None = None,
+        segment: float | None = None,
+    ) -> BagOfModels:
+        """A bag of any separation models sharing ``sources``, ``samplerate`` and ``audio_channels``;
+        ``weights[m][k]`` weighs model ``m``'s estimate of source ``k`` (default: all ones)."""
+        from hybrids.apps.music.engine import model_info
+
+        if not models:
+            raise ValueError("a bag needs at least one model")
+        first = model_info(models[0])
+        for other in models[1:]:
+            info = model_info(other)
+            if (info.sources, info.samplerate, info.audio_channels) != (
+                first.sources,
+                first.samplerate,
+                first.audio_channels,
+            ):
+                raise ValueError("all models of a bag must share sources, samplerate and audio_channels")
+        rows = [[1.0] * len(first.sources) for _ in models] if weights is None else weights
+        rows = [list(map(float, row)) for row in rows]
+        if len(rows) != len(models) or any(len(row) != len(first.sources) for row in rows):
+            raise ValueError(f"weights must be {len(models)} lists of {len(first.sources)} numbers")
+        bag = cls.__new__(cls)
+        nn.Module.__init__(bag)
+        bag.config = None
+        bag.models = nn.ModuleList(models)
+        bag._set_weights(rows, first.sources, first.samplerate, first.audio_channels)
+        bag.segment = segment
+        return bag
+
+    def _set_weights(
+        self, rows: Sequence[Sequence[float]], sources: Sequence[str], samplerate: int, audio_channels: int
+    ) -> None:
+        self.weights = [list(row) for row in rows]
+        self.totals = [sum(column) for column in zip(*self.weights)]
+        self.sources = list(sources)
+        self.samplerate = samplerate
+        self.audio_channels = audio_channels
 
     def __init__(self, config: HTDemucsBagConfig) -> None:
         super().__init__()
@@ -74,11 +128,7 @@ class BagOfModels(nn.Module):
         self.models = nn.ModuleList(HTDemucs(member) for _ in range(config.num_models))
         n_sources = len(member.sources)
         weights = config.bag_weights or tuple((1.0,) * n_sources for _ in range(config.num_models))
-        self.weights = [list(row) for row in weights]
-        self.totals = [sum(column) for column in zip(*weights)]
-        self.sources = list(member.sources)
-        self.samplerate = member.samplerate
-        self.audio_channels = member.audio_channels
+        self._set_weights(weights, member.sources, member.samplerate, member.audio_channels)
         # No bag-level ``segment`` (as in demucs, where setting one overrides the members').
 
     @property

@@ -19,6 +19,16 @@ the stems for the parity check), then the best of ``repeats`` timed calls and th
 memory above the baseline after the warm-up (model and input are in the baseline). Parity is
 reported per stem as ``max |ours - demucs| / max |demucs|`` and, for bf16, as the SNR in dB
 against our fp32 stems.
+
+``--whole-process`` (:func:`bench_whole_process`) times the commands instead, as a user runs them:
+each run is a fresh process, our ``separate`` console script or the demucs 4.1.0 CLI, both given
+the same checkpoint as a demucs repository (``--repo DIR -n SIGNATURE``), the same track and the
+same ``--shifts``/``--overlap``/``--segment``; start-up, imports, decoding, model loading, thread
+set-up, the forwards and the encoding of the stems are all inside. Cases alternate run by run
+(the order rotates each round), after one untimed warm-up run of each on a 2-second excerpt
+(page cache, lazy initialisation); the table reports the median wall time, CPU time (user +
+system, children included) and peak resident memory of each case's runs, and their ratios to
+demucs's.
 """
 
 from __future__ import annotations
@@ -43,13 +53,16 @@ from hybrids.evaluation.bench.timing import machine_info
 __all__ = [
     "DEFAULT_TRACK",
     "bench_music",
+    "bench_whole_process",
     "default_track",
     "demucs_case",
     "format_table",
+    "format_whole_process_table",
     "hybrids_case",
     "randomize_",
     "random_demucs_package",
     "run_music_benchmark",
+    "run_whole_process_benchmark",
     "write_demucs_package",
 ]
 
@@ -207,7 +220,7 @@ def hybrids_case(
     out: str | None = None,
 ) -> Callable[[], None]:
     """Ours: ``hybrids.apps.music.separate.apply_model`` on the package read by our loader."""
-    from hybrids.apps.music.separate import apply_model
+    from hybrids.apps.music.engine import apply_model
     from hybrids.apps.music.weights import model_from_demucs_package
 
     model = model_from_demucs_package(package)
@@ -280,7 +293,6 @@ def bench_music(
     our fp32), or ``error`` when a case failed.
     """
     from hybrids.apps.music.weights import config_from_demucs_package, load_demucs_package
-    from hybrids.datasets.audio import AudioError, audio_info
     from hybrids.evaluation.bench.timing import measure_case
 
     say = log or (lambda message: None)
@@ -298,18 +310,7 @@ def bench_music(
         raise InputError(f"threads must be >= 1, got {threads}")
     if weights is None and preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    track_path = Path(track) if track is not None else default_track()
-    if not track_path.is_file():
-        hint = "" if track is not None else " (the default track; pass --track PATH)"
-        raise InputError(f"{track_path}: no such audio file{hint}")
-    try:
-        info = audio_info(track_path)
-    except AudioError as exc:
-        raise InputError(str(exc)) from None
-    duration = info.frames / info.samplerate
-    if offset >= duration:
-        raise InputError(f"{track_path}: offset {offset} s is past its end ({duration:.1f} s)")
-    audio_s = min(seconds, duration - offset) if seconds is not None else duration - offset
+    track_path, audio_s = _check_track(track, offset, seconds)
 
     with tempfile.TemporaryDirectory(prefix="hybrids-music-bench-", dir=workdir) as tmp:
         folder = Path(tmp)
@@ -390,6 +391,26 @@ def bench_music(
         if our_fp32 is not None and row["impl"] == "hybrids" and row["precision"] != "fp32":
             row["snr_db"] = _snr_db(mine, our_fp32, sources)
     return rows
+
+
+def _check_track(track: str | Path | None, offset: float, seconds: float | None) -> tuple[Path, float]:
+    """``(path, seconds of audio benchmarked)``; one-line ``InputError`` for a missing or unreadable
+    track or an offset past its end."""
+    from hybrids.datasets.audio import AudioError, audio_info
+
+    track_path = Path(track) if track is not None else default_track()
+    if not track_path.is_file():
+        hint = "" if track is not None else " (the default track; pass --track PATH)"
+        raise InputError(f"{track_path}: no such audio file{hint}")
+    try:
+        info = audio_info(track_path)
+    except AudioError as exc:
+        raise InputError(str(exc)) from None
+    duration = info.frames / info.samplerate
+    if offset >= duration:
+        raise InputError(f"{track_path}: offset {offset} s is past its end ({duration:.1f} s)")
+    audio_s = min(seconds, duration - offset) if seconds is not None else duration - offset
+    return track_path, audio_s
 
 
 def _version(impl: str) -> str | None:
@@ -485,3 +506,389 @@ def save_result(result: Mapping[str, Any], path: str | Path) -> None:
         return value
 
     atomic_write_text(Path(path), json.dumps(clean(result), indent=2) + "\n")
+
+
+# -- whole process: the commands as a user runs them ------------------------------------------------
+WARMUP_SECONDS = 2.0
+
+
+def _script(name: str, module_fallback: list[str]) -> list[str]:
+    """The console script ``name`` installed beside this interpreter (a virtual environment's
+    ``bin``), else this interpreter running ``module_fallback``."""
+    import sys
+
+    folder = Path(sys.executable).parent
+    for candidate in (folder / name, folder / f"{name}.exe"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return [str(candidate)]
+    return [sys.executable, *module_fallback]
+
+
+def whole_process_command(
+    impl: str,
+    *,
+    repo: str | Path,
+    name: str,
+    track: str | Path,
+    out: str | Path,
+    shifts: int = 1,
+    overlap: float = 0.25,
+    segment: float | None = None,
+    precision: str = "fp32",
+) -> list[str]:
+    """The command line of one run: our ``separate`` (``impl="hybrids"``) or demucs's CLI, with the
+    checkpoint given as a demucs repository (``--repo DIR -n NAME``) and the same options."""
+    if impl == "demucs":
+        argv = _script("demucs", ["-m", "demucs"])
+    elif impl == "hybrids":
+        entry = "import sys; from hybrids.apps.music.cli import separate_main; sys.exit(separate_main())"
+        argv = _script("separate", ["-c", entry])
+    else:
+        raise ValueError(f"impl must be hybrids or demucs, got {impl!r}")
+    argv += [
+        "--repo",
+        str(repo),
+        "-n",
+        name,
+        "-o",
+        str(out),
+        "--shifts",
+        str(shifts),
+        "--overlap",
+        str(overlap),
+    ]
+    if segment is not None:
+        argv += ["--segment", str(segment)]
+    if impl == "hybrids":
+        argv += ["--precision", precision]
+    elif precision != "fp32":
+        raise ValueError("the demucs CLI runs in fp32 only")
+    return [*argv, str(track)]
+
+
+def run_measured(
+    argv: Sequence[str],
+    *,
+    log: str | Path,
+    timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run ``argv`` to completion; ``{"wall_s", "cpu_s", "peak_mib"}`` (CPU: user + system of the
+    process and the children it waited for; peak: the largest resident set among them; both
+    ``None`` where ``os.wait4`` is missing), or ``{"error": ...}`` on a non-zero exit or the timeout.
+    Its stdout and stderr go to ``log``."""
+    import subprocess
+    import sys
+
+    with open(log, "wb") as output:
+        started = time.perf_counter()
+        process = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, env=env)
+        usage = None
+        try:
+            if hasattr(os, "wait4"):
+                while True:  # wait4: this child's own resource usage, not the sum over all children
+                    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                    if pid:
+                        process.returncode = os.waitstatus_to_exitcode(status)
+                        break
+                    if timeout_s is not None and time.perf_counter() - started > timeout_s:
+                        raise subprocess.TimeoutExpired(list(argv), timeout_s)
+                    time.sleep(0.01)
+            else:
+                process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return {"error": f"timed out after {timeout_s:g} s"}
+        except BaseException:  # e.g. Ctrl-C: the command must not outlive the benchmark
+            process.kill()
+            process.wait()
+            raise
+        wall = time.perf_counter() - started
+    if process.returncode != 0:
+        lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+        return {"error": f"exit {process.returncode}: {lines[-1].strip()[:200] if lines else 'no output'}"}
+    result: dict[str, Any] = {"wall_s": wall, "cpu_s": None, "peak_mib": None}
+    if usage is not None:
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime
+        result["peak_mib"] = usage.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+    return result
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    import statistics
+
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _read_stems(folder: Path, sources: Sequence[str]) -> torch.Tensor | None:
+    """``(sources, channels, samples)`` of the WAV stems under ``folder`` (``None`` if any is missing)."""
+    from hybrids.datasets.audio import load_audio
+
+    stems = []
+    for name in sources:
+        found = sorted(folder.rglob(f"{name}.wav"))
+        if not found:
+            return None
+        stems.append(load_audio(found[0])[0])
+    return torch.stack(stems)
+
+
+def bench_whole_process(
+    track: str | Path | None = None,
+    *,
+    runs: int = 3,
+    precision: Sequence[str] = ("fp32", "bf16"),
+    weights: str | Path | None = None,
+    preset: str = "htdemucs",
+    offset: float = 0.0,
+    seconds: float | None = None,
+    shifts: int = 1,
+    overlap: float = 0.25,
+    segment: float | None = None,
+    seed: int = 0,
+    warmup: bool = True,
+    timeout_s: float | None = None,
+    workdir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time our ``separate`` command and the demucs 4.1.0 CLI, each run a fresh process, on the same
+    checkpoint and track (see the module docstring).
+
+    ``weights``: a demucs ``.th`` package (default: random weights at ``preset``), handed to both
+    commands as a demucs repository. ``seconds``/``offset`` cut an excerpt of the track first (a
+    float WAV in the work folder); by default both commands read the track itself. ``precision``:
+    ours runs at each, demucs at fp32. ``runs`` timed runs per case, alternating. Returns one row
+    per case: ``impl``, ``precision``, ``runs`` (each ``wall_s``, ``cpu_s``, ``peak_mib``), their
+    medians ``wall_s``, ``cpu_s``, ``peak_mib``, ``wall_vs_demucs``, ``cpu_vs_demucs``,
+    ``peak_vs_demucs`` (ours / demucs), ``realtime_x``, ``max_abs_diff_rel`` (per stem, our
+    written stems vs demucs's; only with ``shifts=0``, as the demucs CLI draws its shift offsets
+    unseeded), ``snr_db`` (bf16 rows, vs our fp32 stems), or ``error``.
+    """
+    import shutil
+
+    from hybrids.apps.music.weights import config_from_demucs_package, load_demucs_package
+    from hybrids.datasets.audio import load_audio, save_audio
+
+    say = log or (lambda message: None)
+    precisions = list(dict.fromkeys(precision))
+    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    if bad or not precisions:
+        raise InputError(f"precision must be among fp32, bf16, got {', '.join(bad) or 'none'}")
+    if runs < 1:
+        raise InputError(f"runs must be >= 1, got {runs}")
+    if seconds is not None and seconds <= 0:
+        raise InputError(f"seconds must be > 0, got {seconds}")
+    if offset < 0:
+        raise InputError(f"offset must be >= 0, got {offset}")
+    if shifts < 0:
+        raise InputError(f"shifts must be >= 0, got {shifts}")
+    if weights is None and preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    track_path, audio_s = _check_track(track, offset, seconds)
+
+    with tempfile.TemporaryDirectory(prefix="hybrids-music-bench-", dir=workdir) as tmp:
+        folder = Path(tmp)
+        repo = folder / "repo"
+        repo.mkdir()
+        if weights is None:
+            package = random_demucs_package(repo, preset, seed)
+            model_label = f"{preset} (random weights)"
+        else:
+            source = Path(weights)
+            if not source.is_file():
+                raise InputError(f"{source}: no such weights file")
+            model_label = source.name
+            # linked as model-<sha256 prefix>.th: a name both tools parse alike and check the file by
+            digest = hashlib.sha256()
+            with open(source, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            package = repo / f"model-{digest.hexdigest()[:8]}.th"
+            try:
+                package.symlink_to(source.resolve())
+            except OSError:
+                shutil.copyfile(source, package)
+        # Read here first: unsafe or foreign files are refused before any command runs.
+        sources = list(config_from_demucs_package(load_demucs_package(package)).sources)
+        name = package.stem.split("-", 1)[0]
+
+        audio = track_path
+        if seconds is not None or offset > 0:  # an excerpt, read by both as the same WAV file
+            wav, rate = load_audio(track_path, offset=offset, duration=seconds)
+            audio = save_audio(wav, folder / f"{track_path.stem}.wav", rate, bits=32, clip="none")
+        common = dict(repo=repo, name=name, shifts=shifts, overlap=overlap, segment=segment)
+        cases = [("demucs", "fp32")] + [("hybrids", p) for p in precisions]
+
+        if warmup:
+            wav, rate = load_audio(audio, duration=WARMUP_SECONDS)
+            excerpt = save_audio(
+                wav, folder / "warmup" / f"{track_path.stem}.wav", rate, bits=32, clip="none"
+            )
+            for impl, prec in cases:
+                say(f"warm-up: {impl} {prec} on {WARMUP_SECONDS:g} s ...")
+                out = folder / "out-warmup"
+                run_measured(
+                    whole_process_command(impl, track=excerpt, out=out, precision=prec, **common),
+                    log=folder / "warmup.log",
+                    timeout_s=timeout_s,
+                )
+                shutil.rmtree(out, ignore_errors=True)
+
+        measured: dict[tuple[str, str], list[dict[str, Any]]] = {case: [] for case in cases}
+        errors: dict[tuple[str, str], str] = {}
+        stems: dict[tuple[str, str], torch.Tensor] = {}
+        for round_index in range(runs):
+            shift = round_index % len(cases)
+            for impl, prec in cases[shift:] + cases[:shift]:  # alternate: every case leads in turn
+                if (impl, prec) in errors:
+                    continue
+                out = folder / f"out-{impl}-{prec}"
+                argv = whole_process_command(impl, track=audio, out=out, precision=prec, **common)
+                say(f"run {round_index + 1}/{runs}: {impl} {prec} ({audio_s:.1f} s, {model_label}) ...")
+                result = run_measured(argv, log=folder / f"{impl}-{prec}.log", timeout_s=timeout_s)
+                if "error" in result:
+                    errors[(impl, prec)] = result["error"]
+                    continue
+                measured[(impl, prec)].append(result)
+                if (impl, prec) not in stems:
+                    found = _read_stems(out, sources)
+                    if found is not None:
+                        stems[(impl, prec)] = found
+                shutil.rmtree(out, ignore_errors=True)
+
+    rows: list[dict[str, Any]] = []
+    for impl, prec in cases:
+        row: dict[str, Any] = {
+            "impl": impl,
+            "version": _version(impl),
+            "precision": prec,
+            "model": model_label,
+            "track": track_path.name,
+            "offset_s": float(offset),
+            "audio_s": audio_s,
+            "command": [
+                Path(a).name if i == 0 else a
+                for i, a in enumerate(
+                    whole_process_command(
+                        impl, track=track_path.name, out="OUT", precision=prec, **{**common, "repo": "REPO"}
+                    )
+                )
+            ],
+            "runs": measured[(impl, prec)],
+        }
+        if (impl, prec) in errors:
+            row["error"] = errors[(impl, prec)]
+        else:
+            for key in ("wall_s", "cpu_s", "peak_mib"):
+                row[key] = _median([r[key] for r in row["runs"]])
+            row["realtime_x"] = audio_s / row["wall_s"] if row["wall_s"] else None
+        rows.append(row)
+    base = rows[0]
+    reference, our_fp32 = stems.get(("demucs", "fp32")), stems.get(("hybrids", "fp32"))
+    for row in rows:
+        if "error" in row:
+            continue
+        if "error" not in base:
+            for key in ("wall_s", "cpu_s", "peak_mib"):
+                ours, theirs = row.get(key), base.get(key)
+                row[key.replace("_s", "").replace("_mib", "") + "_vs_demucs"] = (
+                    ours / theirs if ours is not None and theirs else None
+                )
+        mine = stems.get((row["impl"], row["precision"]))
+        if mine is None:
+            continue
+        # the demucs CLI draws its shift offsets unseeded: the stems compare only without shifts
+        if reference is not None and row["impl"] != "demucs" and mine.shape == reference.shape and not shifts:
+            row["max_abs_diff_rel"] = _max_rel_diff(mine, reference, sources)
+        if our_fp32 is not None and row["impl"] == "hybrids" and row["precision"] != "fp32":
+            if mine.shape == our_fp32.shape:
+                row["snr_db"] = _snr_db(mine, our_fp32, sources)
+    return rows
+
+
+def run_whole_process_benchmark(**kwargs: Any) -> dict[str, Any]:
+    """:func:`bench_whole_process` with the machine and settings: ``{"machine", "settings", "rows"}``."""
+    started = time.perf_counter()
+    rows = bench_whole_process(**kwargs)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if k != "log"}
+    if settings.get("track") is None:
+        settings["track"] = str(default_track())
+    if isinstance(settings.get("precision"), tuple):
+        settings["precision"] = list(settings["precision"])
+    settings["PYTHONDONTWRITEBYTECODE"] = os.environ.get("PYTHONDONTWRITEBYTECODE")
+    return {
+        "benchmark": "music-whole-process",
+        "machine": machine_info(cpu=_cpu_model(), native_bf16=_native_bf16()),
+        "settings": settings,
+        "wall_s": time.perf_counter() - started,
+        "rows": rows,
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _native_bf16() -> bool:
+    from hybrids.apps.music.engine import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def format_whole_process_table(result: Mapping[str, Any]) -> str:
+    """A fixed-width text table: one line per case (medians, ratios to demucs), then every run."""
+    header = ("impl", "precision", "wall s", "CPU s", "peak MiB", "x demucs wall", "x demucs CPU")
+    header += ("x demucs peak", "max|diff|/peak", "min SNR dB")
+    lines = []
+    for row in result["rows"]:
+        diffs = row.get("max_abs_diff_rel") or {}
+        snrs = row.get("snr_db") or {}
+        lines.append(
+            (
+                row["impl"],
+                row["precision"],
+                _fmt(row.get("wall_s"), ".2f"),
+                _fmt(row.get("cpu_s"), ".2f"),
+                _fmt(row.get("peak_mib"), ".0f"),
+                _fmt(row.get("wall_vs_demucs"), ".3f"),
+                _fmt(row.get("cpu_vs_demucs"), ".3f"),
+                _fmt(row.get("peak_vs_demucs"), ".3f"),
+                _fmt(max(diffs.values()) if diffs else None, ".1e"),
+                _fmt(min(snrs.values()) if snrs else None, ".1f"),
+                row.get("error", ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    text = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        + (f"  {r[len(header)]}" if len(r) > len(header) and r[len(header)] else "")
+        for r in [header, *lines]
+    ]
+    rows = result["rows"]
+    if rows:
+        first = rows[0]
+        machine = result.get("machine", {})
+        count = max(len(r["runs"]) for r in rows)
+        cpu = machine.get("cpu") or machine.get("processor", "?")
+        bf16 = "yes" if machine.get("native_bf16") else "no"
+        text.append(
+            f"(whole process, medians of {count} alternating run{'s' if count != 1 else ''}; "
+            f"{first['model']}; {first['track']}, {first['audio_s']:.1f} s; {cpu}, "
+            f"{machine.get('cpu_count', '?')} cores, native bf16: {bf16})"
+        )
+        if result.get("settings", {}).get("shifts", 1):
+            text.append("  (no max|diff| vs demucs with shifts: the demucs CLI draws its shifts unseeded)")
+        for row in rows:
+            walls = ", ".join(f"{r['wall_s']:.2f}" for r in row["runs"])
+            text.append(f"  {row['impl']} {row['precision']} wall s per run: {walls or '-'}")
+            text.append(f"    {' '.join(row['command'])}")
+    return "\n".join(text)

@@ -4,14 +4,18 @@
     separate albums/ --two-stems vocals --mp3 -o out   # every audio file in the folder
     hybrids -q music separate song.flac --int24 --shifts 2 -n runs/exp1/best
 
-Flags follow ``python -m demucs.separate`` (4.1.0). Differences: ``-n`` also takes one of our
-checkpoint folders; folders are accepted as inputs (their audio files, not recursively);
-``--precision``, ``--seed`` and ``--batch-segments`` are ours; ``--float32`` with ``--flac`` is
-refused (demucs silently writes 16-bit); ``-j`` defaults to 1 (no extra threads).
+Flags follow ``python -m demucs.separate`` (4.1.0), ``--list-models`` and ``-s/--sig`` included.
+Differences: ``-n`` also takes one of our checkpoint folders; folders are accepted as inputs
+(their audio files, not recursively); ``--precision``, ``--seed`` and ``--batch-segments`` are
+ours; ``--float32`` with ``--flac`` is refused (demucs silently writes 16-bit); ``-j`` defaults
+to 1 (no extra threads).
 
-Output: ``OUT/<model>/<--filename>``, ``<model>`` being the model's short name (``htdemucs``) or
-the checkpoint folder's name. A track that fails is reported on one line and the others go on;
-its stems written so far are removed. Exit status 2 if any input failed. Tracks are streamed
+Output: ``OUT/<model>/<--filename>``, ``<model>`` naming the model actually used
+(``hybrids.apps.music.names.model_folder_name``): the short name (``htdemucs``), a checkpoint
+folder's name with its parent's when generic (``-n runs/X/best`` -> ``X_best``), the stem of a
+``--weights`` file (a demucs ``<signature>-<sha8>.th``: the signature), or the ``-s`` signature.
+A track that fails is reported on one line and the others go on; its stems written so far are
+removed. Exit status 2 if any input failed. Tracks are streamed
 (``Separator.stream_file``): decoded once into a temporary file in a hidden folder under
 ``OUT/<model>``, separated chunk by chunk, stems spooled and encoded block by block, so memory
 does not grow with the track's length (a 20-minute track stays under 2 GB with htdemucs).
@@ -19,7 +23,9 @@ does not grow with the track's length (a 20-minute track stays under 2 GB with h
 ``hybrids music bench [--track PATH] [--seconds S] [--weights PATH] [--repeats N] [-o results.json]``
 separates the same audio with demucs 4.1.0 and with ours on the same weights and prints a table
 of time, ratio to demucs, peak memory and parity (``hybrids.apps.music.bench``); exit status 1
-if a case failed.
+if a case failed. ``--whole-process [--runs N]`` times the commands themselves instead (our
+``separate`` and the demucs CLI, a fresh process per run, alternating): median wall time, CPU
+time and peak memory, and their ratios to demucs.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import string
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,8 +71,6 @@ def add_parser(commands: Any) -> None:
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
-    from hybrids.apps.music.evaluate import add_evaluate_arguments, run_evaluate
-
     evaluate = verbs.add_parser(
         "evaluate",
         help="separate a MUSDB18(-HQ) subset or a stems folder and score it (BSS Eval v4, uSDR)",
@@ -76,18 +81,163 @@ def add_parser(commands: Any) -> None:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=run_evaluate)
-    from hybrids.apps.music.train import add_train_arguments, run_train
-
     train = verbs.add_parser(
         "train",
         help="train or fine-tune HT Demucs on MUSDB18(-HQ) or a folder of stems (Lightning)",
         description="Train HT Demucs (any configuration, tiny to released, or fine-tune official weights "
         "with --init htdemucs) on random excerpts with demucs's augmentations, L1 loss and AdamW; "
         "validates on whole tracks (L1, uSDR) and writes OUT/best and OUT/last checkpoints that "
-        "`separate -n OUT/best` loads. Several devices: --devices N --strategy ddp.",
+        "`separate -n OUT/best` loads. Several devices: --devices N --strategy ddp; continue a "
+        "stopped run with --resume.",
     )
     add_train_arguments(train)
     train.set_defaults(func=run_train)
+
+
+# -- precision names --------------------------------------------------------------------------------
+_PRECISIONS = {
+    "fp32": "fp32",
+    "32": "fp32",
+    "32-true": "fp32",
+    "bf16": "bf16",
+    "bf16-mixed": "bf16",
+    "bf16-true": "bf16",
+}
+
+
+def inference_precision(text: str) -> str:
+    """``--precision`` of the inference verbs: ``fp32``/``bf16``, or Lightning's names for them
+    (``32-true``, ``bf16-mixed``, as ``music train`` takes), returned as ``fp32``/``bf16``."""
+    try:
+        return _PRECISIONS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from fp32, bf16, or Lightning's 32-true, bf16-mixed)"
+        ) from None
+
+
+def add_shift_seed_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seed`` of the inference verbs (``separate``, ``evaluate``): the random shifts' offsets,
+    not a training run's seed (``RunOptions.seed``)."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
+
+
+# -- train ------------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``music train``: one per ``TrainConfig`` field (same name, same default), then the
+    core's run flags (``-o``, ``--max-time``, ``--resume``, devices, ``--precision``, ``--seed``...)."""
+    from hybrids.apps.core.run_options import add_run_arguments
+    from hybrids.apps.music.train import PRESETS, TrainConfig
+
+    d = TrainConfig(data=Path("."))
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="MUSDB18(-HQ) root, a folder with train/ and valid/ track folders, or a folder of track "
+        "folders ({drums,bass,other,vocals}.wav [+ mixture.wav]; the last tenth is held out)",
+    )
+    data.add_argument("--segment", type=float, help="training excerpt in seconds (default: the model's)")
+    data.add_argument(
+        "--shift",
+        type=float,
+        default=d.shift,
+        help="random time shift in seconds, demucs's Shift (%(default)s)",
+    )
+    data.add_argument("--valid-seconds", type=float, help="validate on the first S seconds of each track")
+    data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (%(default)s)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--config", help=f"preset ({', '.join(PRESETS)}; default tiny) or a JSON config file")
+    model.add_argument(
+        "--init",
+        help="start from these weights: a model name (htdemucs: the official weights) or a checkpoint folder",
+    )
+    model.add_argument("--weights", help="with --init NAME: a weights file (a demucs .th package) or name")
+    model.add_argument("--repo", type=Path, help="with --init NAME: a folder of weights files (offline)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (%(default)s)")
+    optim.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="excerpts per step and device (%(default)s)"
+    )
+    optim.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (%(default)s)")
+    optim.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (%(default)s)"
+    )
+    optim.add_argument(
+        "--clip-grad", type=float, default=d.clip_grad, help="max gradient norm; 0: off (%(default)s)"
+    )
+    optim.add_argument(
+        "--ema", type=float, default=d.ema, help="EMA decay of the weights, e.g. 0.999; 0: off"
+    )
+    optim.add_argument("--no-augment", dest="augment", action="store_false", help="no flips, gains or remix")
+    optim.add_argument(
+        "--remix-group", type=int, default=d.remix_group, help="examples remixed together (%(default)s)"
+    )
+    optim.add_argument(
+        "--valid-every", type=int, default=d.valid_every, help="validate every N steps (%(default)s)"
+    )
+    optim.add_argument("--epoch-steps", type=int, default=d.epoch_steps, help="steps per epoch (%(default)s)")
+    add_run_arguments(parser, default_out=str(d.run.out))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from hybrids.apps.core.run_options import config_from_args
+    from hybrids.apps.music.train import TrainConfig, train
+
+    result = train(config_from_args(TrainConfig, args))
+    if not result.is_global_zero or not result.history:
+        return 0
+    first, last, best = result.history[0], result.history[-1], result.best or result.history[-1]
+    print(
+        f"valid loss {first['valid_loss']:.5f} (step {first['step']}) -> {last['valid_loss']:.5f} "
+        f"(step {last['step']}); best {best['valid_loss']:.5f} at step {best['step']}"
+    )
+    print(f"valid uSDR {first['valid_usdr']:.2f} dB -> {last['valid_usdr']:.2f} dB")
+    print(f"checkpoints: {result.out / 'best'} (best), {result.out / 'last'} (last)")
+    return 0
+
+
+# -- evaluate ---------------------------------------------------------------------------------------
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``music evaluate``: one per ``EvaluateConfig`` field."""
+    parser.add_argument(
+        "--musdb",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="MUSDB18 (.stem.mp4) or MUSDB18-HQ (wav folders) root, or a folder of track folders "
+        "holding mixture.wav and the stems",
+    )
+    parser.add_argument("-n", "--name", default=DEFAULT_MODEL, help="model (as for separate)")
+    parser.add_argument("--weights", help="weights for -n NAME (default: the official ones)")
+    parser.add_argument("--repo", type=Path, help="folder holding official weights files")
+    parser.add_argument("--subset", default="test", choices=["train", "test"], help="(default: %(default)s)")
+    parser.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks (folder names)")
+    parser.add_argument("-o", "--out", type=Path, help="report folder (default: evaluation/<model>)")
+    parser.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    parser.add_argument("--shifts", type=int, default=1, help="random shifts (default: 1)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="chunk overlap (default: 0.25)")
+    parser.add_argument(
+        "--precision",
+        type=inference_precision,
+        default="fp32",
+        metavar="{fp32,bf16}",
+        help="model compute precision; Lightning's 32-true and bf16-mixed also work (default: fp32)",
+    )
+    parser.add_argument("-j", "--jobs", type=int, help="parallel forwards (default: one per CPU core)")
+    add_shift_seed_argument(parser)
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the box plots")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from hybrids.apps.core.run_options import config_from_args
+    from hybrids.apps.music.evaluate import EvaluateConfig, evaluate
+
+    result = evaluate(config_from_args(EvaluateConfig, args))
+    print((result.out / "summary.md").read_text(), end="")
+    logger.info("report written to %s (%d tracks)", result.out.resolve(), result.summary["tracks"])
+    return 0
 
 
 def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,13 +250,24 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     verbosity.add_argument(
         "-q", "--quiet", action="count", default=argparse.SUPPRESS, help="only warnings and errors, no bars"
     )
-    parser.add_argument("tracks", nargs="+", type=Path, metavar="TRACK_OR_DIR", help="audio files or folders")
+    parser.add_argument("tracks", nargs="*", type=Path, metavar="TRACK_OR_DIR", help="audio files or folders")
     parser.add_argument(
+        "--list-models", action="store_true", help="list the models (of --repo DIR, if given) and exit"
+    )
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument(
         "-n",
         "--name",
         default=DEFAULT_MODEL,
         help="model: a registered name (htdemucs = music/htdemucs) or a checkpoint folder "
         "(default: %(default)s)",
+    )
+    model.add_argument(
+        "-s",
+        "--sig",
+        metavar="SIGNATURE",
+        help="a single model by its demucs signature: SIGNATURE-*.th in --repo or the weights cache, "
+        "or the official model of that signature (955717e8: htdemucs)",
     )
     parser.add_argument(
         "--weights",
@@ -188,11 +349,12 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
+        type=inference_precision,
         default="fp32",
-        help="model compute precision (default: fp32)",
+        metavar="{fp32,bf16}",
+        help="model compute precision; Lightning's 32-true and bf16-mixed also work (default: fp32)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
+    add_shift_seed_argument(parser)
     parser.add_argument(
         "--batch-segments", type=int, default=None, help="chunks per forward (default: 1 on CPU, else 4)"
     )
@@ -214,7 +376,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["htdemucs", "htdemucs_6s", "tiny"],
         help="HT Demucs configuration of the random weights (default: htdemucs)",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case; the best is kept")
+    parser.add_argument(
+        "--repeats", type=int, help="timed runs per case in one process; the best is kept (default: 1)"
+    )
     parser.add_argument(
         "--precision",
         action="append",
@@ -226,12 +390,25 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-segments", type=int, default=None, help="our chunks per forward (default: 1 on CPU, else 4)"
     )
+    whole = parser.add_argument_group(
+        "whole process",
+        "--whole-process times the commands instead of the model forwards: our `separate` and the "
+        "demucs CLI, each run a fresh process on the same checkpoint (--repo DIR -n NAME) and track, "
+        "alternating; medians of wall time, CPU time and peak memory.",
+    )
+    whole.add_argument(
+        "--whole-process", action="store_true", help="time the `separate` and `demucs` commands end to end"
+    )
+    whole.add_argument("--runs", type=int, default=3, help="timed runs per command (default: 3)")
+    whole.add_argument("--segment", type=float, help="--segment for both commands (default: the model's)")
+    whole.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="no untimed warm-up run of each command"
+    )
     parser.add_argument(
         "-o",
         "--output",
         type=Path,
-        default=Path("bench-results/music.json"),
-        help="JSON file to write (default: %(default)s)",
+        help="JSON file to write (default: bench-results/music.json; music-whole.json with --whole-process)",
     )
 
 
@@ -244,11 +421,17 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InputError(f"--shifts must be >= 0, got {args.shifts}")
     if args.batch_segments is not None and args.batch_segments < 1:
         raise InputError(f"--batch-segments must be >= 1, got {args.batch_segments}")
+    if args.whole_process:
+        return _run_whole_process_bench(args)
+    used = [flag for flag, value in (("--runs", args.runs != 3), ("--segment", args.segment)) if value]
+    if used or not args.warmup:
+        raise InputError(f"{(used or ['--no-warmup'])[0]} is an option of --whole-process")
+    output = args.output or Path("bench-results/music.json")
     result = run_music_benchmark(
         track=args.track,
         seconds=args.seconds,
         offset=args.offset,
-        repeats=args.repeats,
+        repeats=1 if args.repeats is None else args.repeats,
         precision=tuple(args.precision or ("fp32", "bf16")),
         threads=args.threads,
         weights=args.weights,
@@ -258,26 +441,90 @@ def run_bench(args: argparse.Namespace) -> int:
         log=logger.info,
     )
     print(format_table(result))
-    save_result(result, args.output)
-    logger.info("wrote %s", args.output)
+    save_result(result, output)
+    logger.info("wrote %s", output)
+    return _report_failures(result)
+
+
+def _run_whole_process_bench(args: argparse.Namespace) -> int:
+    from hybrids.apps.music.bench import format_whole_process_table, run_whole_process_benchmark, save_result
+
+    for flag, value in (
+        ("--repeats", args.repeats),
+        ("--threads", args.threads),
+        ("--batch-segments", args.batch_segments),
+    ):
+        if value is not None:
+            raise InputError(f"{flag} is an option of the in-process bench, not of --whole-process")
+    if args.runs < 1:
+        raise InputError(f"--runs must be >= 1, got {args.runs}")
+    if args.segment is not None and args.segment <= 0:
+        raise InputError(f"--segment must be > 0 seconds, got {args.segment}")
+    output = args.output or Path("bench-results/music-whole.json")
+    result = run_whole_process_benchmark(
+        track=args.track,
+        seconds=args.seconds,
+        offset=args.offset,
+        runs=args.runs,
+        precision=tuple(args.precision or ("fp32", "bf16")),
+        weights=args.weights,
+        preset=args.preset or "htdemucs",
+        shifts=args.shifts,
+        segment=args.segment,
+        warmup=args.warmup,
+        log=logger.info,
+    )
+    print(format_whole_process_table(result))
+    save_result(result, output)
+    logger.info("wrote %s", output)
+    return _report_failures(result)
+
+
+def _report_failures(result: dict[str, Any]) -> int:
     failed = [f"{r['impl']} {r['precision']}: {r['error']}" for r in result["rows"] if "error" in r]
     for line in failed:
         logger.error("%s", line)
     return 1 if failed else 0
 
 
+def separate_parser() -> argparse.ArgumentParser:
+    """The parser of the ``separate`` console script: ``hybrids music separate``'s flags only, so
+    the shortcut builds (and imports) no other command."""
+    from hybrids.apps.core.arguments import Parser
+
+    parser = Parser(
+        prog="separate",
+        description="Separate the sources of the given tracks (demucs's `separate` flags). Stems are "
+        "written to OUT/<model>/<filename>, at the model's sample rate. "
+        "(`hybrids music separate` with the same flags.)",
+    )
+    add_separate_arguments(parser)
+    parser.set_defaults(func=run_separate, verbose=0, quiet=0)
+    return parser
+
+
 def separate_main(argv: Sequence[str] | None = None) -> int:
     """The ``separate`` console script: ``hybrids music separate`` with the same flags and exit codes."""
     import sys
 
-    from hybrids.apps.cli import main
+    from hybrids.apps.cli import run
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    return main(["music", "separate", *args])
+    return run(separate_parser, list(sys.argv[1:] if argv is None else argv))
 
 
 # -- the command --------------------------------------------------------------------------------
 def run_separate(args: argparse.Namespace) -> int:
+    from hybrids.apps.music.names import list_models_text, model_folder_name, resolve_signature
+
+    if args.list_models:  # before anything imports torch: a listing answers at once
+        print(list_models_text(args.repo))
+        return 0
+    if not args.tracks:
+        raise InputError(
+            "no TRACK_OR_DIR given: pass audio files or folders (--list-models lists the models)"
+        )
+    if args.sig is not None:
+        args.name, args.repo = resolve_signature(args.sig, args.repo)
     from hybrids.datasets.audio import AUDIO_EXTENSIONS, AudioError, audio_info
 
     _check_options(args)
@@ -316,12 +563,14 @@ def run_separate(args: argparse.Namespace) -> int:
     if not tracks:
         raise InputError(f"none of the {n_inputs} inputs can be separated (see the messages above)")
 
-    out_dir = args.out / _model_folder(args.name)
+    out_dir = args.out / model_folder_name(args.name, weights=args.weights, repo=args.repo)
     _check_output_root(out_dir)
     from hybrids.apps.core.memory import limit_malloc_arenas
 
     limit_malloc_arenas(1)  # worker threads' arenas would each keep a forward's peak
+    started = time.perf_counter()
     separator = _make_separator(args)
+    logger.debug("model loaded in %.2f s", time.perf_counter() - started)
     if args.stem is not None and args.stem not in separator.sources:
         raise InputError(
             f'--two-stems: stem "{args.stem}" is not a source of the model; choose one of '
@@ -401,15 +650,6 @@ def _check_output_root(out_dir: Path) -> None:
 
 def _format_name(template: str, track: str, trackext: str, stem: str, ext: str) -> str:
     return template.format(track=track, trackext=trackext, stem=stem, ext=ext)
-
-
-def _model_folder(name: str) -> str:
-    """demucs's ``separated/<model>``: the short model name, or the checkpoint folder's name."""
-    path = Path(name).expanduser()
-    if path.exists():
-        folder = path if path.is_dir() else path.parent
-        return folder.resolve().name or "model"
-    return name.rsplit("/", 1)[-1]
 
 
 def _make_separator(args: argparse.Namespace) -> Any:
@@ -513,7 +753,10 @@ def _separate_one(
                         for stem, value in outputs_of(stems, mix).items():
                             spools[stem].write(value)
 
+                    started = time.perf_counter()
                     _stream(separator, track, spool_block, tmp)
+                    logger.debug("%s: separated in %.2f s", track.name, time.perf_counter() - started)
+                started = time.perf_counter()
                 for stem, target in targets.items():
                     scale = max(1.01 * spools[stem].peak, 1.0)  # demucs's prevent_clip "rescale"
                     with _writer(target, separator, bits, args) as writer:
@@ -522,6 +765,7 @@ def _separate_one(
                     written.append(target)
                     claimed[target] = track
                     logger.debug("wrote %s", target)
+                logger.debug("%s: stems encoded in %.2f s", track.name, time.perf_counter() - started)
             else:
                 with contextlib.ExitStack() as stack:  # all stems at once, completed together
                     writers = {
@@ -587,16 +831,24 @@ class _Spool:
 
     def write(self, block: Any) -> None:
         """``block``: ``(channels, n)`` float tensor."""
+        import numpy as np
+
         self.channels = block.shape[0]
         if block.numel():
             self.peak = max(self.peak, float(block.abs().max()))
-        self.handle.write(block.T.contiguous().numpy().tobytes())
+        self.handle.write(np.ascontiguousarray(block.numpy().T).data)  # interleaved frames
 
     def blocks(self) -> Any:
+        """The stem back, as ``(channels, n)`` views of the interleaved frames (no transposing copy:
+        the writer interleaves them again)."""
         import numpy as np
         import torch
 
         with open(self.path, "rb") as handle:
-            while data := handle.read(self.block_frames * self.channels * 4):
-                frames = np.frombuffer(data, dtype="<f4").reshape(-1, self.channels)
-                yield torch.from_numpy(frames.T.copy())
+            while True:
+                data = bytearray(self.block_frames * self.channels * 4)
+                size = handle.readinto(data)
+                if not size:
+                    return
+                frames = np.frombuffer(data, dtype="<f4", count=size // 4).reshape(-1, self.channels)
+                yield torch.from_numpy(frames).T

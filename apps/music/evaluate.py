@@ -21,11 +21,11 @@ dataset lacks (e.g. guitar and piano of ``htdemucs_6s`` on MUSDB) is added to th
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,58 +33,83 @@ from hybrids.apps.core.errors import InputError
 
 logger = logging.getLogger("hybrids.music")
 
-__all__ = ["add_evaluate_arguments", "evaluate_folder", "run_evaluate", "score_track"]
+DEFAULT_MODEL = "music/htdemucs"
+
+__all__ = ["EvaluateConfig", "EvaluateResult", "evaluate", "evaluate_folder", "score_track"]
 
 
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--musdb",
-        type=Path,
-        required=True,
-        metavar="PATH",
-        help="MUSDB18 (.stem.mp4) or MUSDB18-HQ (wav folders) root, or a folder of track folders "
-        "holding mixture.wav and the stems",
-    )
-    parser.add_argument("-n", "--name", default="music/htdemucs", help="model (as for separate)")
-    parser.add_argument("--weights", help="weights for -n NAME (default: the official ones)")
-    parser.add_argument("--repo", type=Path, help="folder holding official weights files")
-    parser.add_argument("--subset", default="test", choices=["train", "test"], help="(default: %(default)s)")
-    parser.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks (folder names)")
-    parser.add_argument("-o", "--out", type=Path, help="report folder (default: evaluation/<model>)")
-    parser.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
-    parser.add_argument("--shifts", type=int, default=1, help="random shifts (default: 1)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="chunk overlap (default: 0.25)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="(default: fp32)")
-    parser.add_argument("-j", "--jobs", type=int, help="parallel forwards (default: one per CPU core)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: 0)")
-    parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the box plots")
+@dataclass
+class EvaluateConfig:
+    """What ``hybrids music evaluate`` scores: the tracks of ``musdb`` (a MUSDB18(-HQ) root's
+    ``subset``, or a folder of track folders; ``tracks``: only these names), separated by the model
+    ``name`` (with ``weights``/``repo``, as ``separate -n``) with ``Separator``'s options; the report
+    goes to ``out`` (default ``evaluation/<model>``). ``precision``: ``fp32``/``bf16`` or Lightning's
+    ``32-true``/``bf16-mixed``."""
+
+    musdb: Path
+    name: str = DEFAULT_MODEL
+    weights: str | None = None
+    repo: Path | None = None
+    subset: str = "test"
+    tracks: list[str] | None = None
+    out: Path | None = None
+    device: str = "cpu"
+    shifts: int = 1
+    overlap: float = 0.25
+    precision: str = "fp32"
+    jobs: int | None = None
+    seed: int = 0
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        self.musdb = Path(self.musdb)
+        self.name = str(self.name)
+        self.precision = {"32-true": "fp32", "32": "fp32", "bf16-mixed": "bf16", "bf16-true": "bf16"}.get(
+            self.precision, self.precision
+        )
+
+    def check(self) -> None:
+        if self.shifts < 0 or not 0 <= self.overlap < 1:
+            raise InputError("--shifts must be >= 0 and --overlap in [0, 1)")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(
+                f"--precision must be fp32 or bf16 (or 32-true, bf16-mixed), got {self.precision!r}"
+            )
+        if self.subset not in ("train", "test"):
+            raise InputError(f"--subset must be train or test, got {self.subset!r}")
+        if self.jobs is not None and self.jobs < 1:
+            raise InputError(f"--jobs must be >= 1, got {self.jobs}")
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from hybrids.apps.music.cli import _model_folder
+@dataclass
+class EvaluateResult:
+    out: Path  # the report folder
+    summary: dict[str, Any]  # bsseval.aggregate_tracks of every scored track
+
+
+def evaluate(config: EvaluateConfig) -> EvaluateResult:
+    """Separate and score every track not yet scored in the report folder, then (re)write the
+    report over all of them (module docstring)."""
+    from hybrids.apps.music.names import model_folder_name
     from hybrids.apps.music.separate import Separator
 
-    if args.shifts < 0 or not 0 <= args.overlap < 1:
-        raise InputError("--shifts must be >= 0 and --overlap in [0, 1)")
-    tracks = _open_tracks(args.musdb, args.subset, args.tracks)
-    out = args.out or Path("evaluation") / _model_folder(args.name)
+    config.check()
+    tracks = _open_tracks(config.musdb, config.subset, config.tracks)
+    method = model_folder_name(config.name, weights=config.weights, repo=config.repo)
+    out = Path(config.out) if config.out is not None else Path("evaluation") / method
     separator = Separator(
-        args.name,
-        weights=args.weights,
-        repo=args.repo,
-        device=args.device,
-        shifts=args.shifts,
-        overlap=args.overlap,
-        precision=args.precision,
-        seed=args.seed,
-        jobs=args.jobs,
+        config.name,
+        weights=config.weights,
+        repo=config.repo,
+        device=config.device,
+        shifts=config.shifts,
+        overlap=config.overlap,
+        precision=config.precision,
+        seed=config.seed,
+        jobs=config.jobs,
     )
-    summary = evaluate_folder(
-        tracks, separator, out, subset=args.subset, method=_model_folder(args.name), plots=args.plots
-    )
-    print((out / "summary.md").read_text(), end="")
-    logger.info("report written to %s (%d tracks)", out.resolve(), summary["tracks"])
-    return 0
+    summary = evaluate_folder(tracks, separator, out, subset=config.subset, method=method, plots=config.plots)
+    return EvaluateResult(out, summary)
 
 
 def _open_tracks(root: Path, subset: str, names: Sequence[str] | None) -> list[Any]:

@@ -39,9 +39,11 @@ the output trimmed back; a longer one must be split into segments by the caller.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -49,12 +51,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from hybrids.apps.core.config import ModelConfig
 from hybrids.apps.core.errors import InputError
-from hybrids.kernels.attention.blocked import blocked_attention
+from hybrids.kernels.attention.blocked import blocked_attention, preferred_impl
 from hybrids.kernels.attention.sdpa import attention
 from hybrids.kernels.linear import compute_dtype, linear, onednn_available
+from hybrids.kernels.stft import istft, stft
 from hybrids.shared_blocks.positional import sinusoidal_embedding_1d, sinusoidal_embedding_2d
 from hybrids.shared_blocks.transformer import LayerScale
 
@@ -70,6 +74,7 @@ __all__ = [
     "Level",
     "istft",
     "plan_levels",
+    "skip_init",
     "stft",
 ]
 
@@ -467,6 +472,46 @@ def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, gelu: 
 _FOLDED: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
+# -- private torch calls, each behind a probe with a public fallback ------------------------------
+def _probe_gelu_inplace() -> Any:
+    """torch's in-place exact GELU (``torch._C._nn.gelu_``, private) when it exists here and computes
+    what ``F.gelu`` does, else ``None``."""
+    fn = getattr(getattr(torch._C, "_nn", None), "gelu_", None)
+    if fn is None:
+        return None
+    try:
+        probe = torch.linspace(-4.0, 4.0, 17)
+        expected = F.gelu(probe)
+        fn(probe)
+        return fn if torch.equal(probe, expected) else None
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _probe_tensor_version() -> bool:
+    """Whether tensors expose their in-place update counter (``Tensor._version``, private)."""
+    try:
+        t = torch.zeros(1)
+        before = t._version
+        t.add_(1)
+        return isinstance(before, int) and t._version > before
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+_GELU_INPLACE = _probe_gelu_inplace()
+_TENSOR_VERSION = _probe_tensor_version()
+
+
+def gelu_(x: Tensor) -> Tensor:
+    """Exact GELU of ``x`` in place (no second buffer where torch's private in-place kernel exists;
+    the public ``F.gelu`` then a copy otherwise). Returns ``x``."""
+    if _GELU_INPLACE is not None:
+        _GELU_INPLACE(x)
+        return x
+    return x.copy_(F.gelu(x))
+
+
 def _folded(owner: nn.Module, key: str, dtype: torch.dtype, sources: tuple[Tensor, ...], build: Any) -> Any:
     """``build()`` (inference weights folded from ``sources``), cast to ``dtype`` and kept for ``owner``.
 
@@ -477,6 +522,9 @@ def _folded(owner: nn.Module, key: str, dtype: torch.dtype, sources: tuple[Tenso
     """
     if all(t.dtype == dtype for t in sources):
         return build()
+    if not _TENSOR_VERSION:  # an in-place update could not be seen: fold on every call, keep nothing
+        with _autocast_off(sources[0].device.type):
+            return tuple(None if t is None else t.to(dtype) for t in build())
     stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
     cache = _FOLDED.setdefault(owner, {})
     hit = cache.get((key, dtype))
@@ -490,11 +538,7 @@ def _folded(owner: nn.Module, key: str, dtype: torch.dtype, sources: tuple[Tenso
 
 def _inference(x: Tensor) -> bool:
     """Whether the oneDNN transformer path applies to ``x`` (CPU, no autograd, float32/bfloat16)."""
-    return (
-        x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and onednn_available(compute_dtype(x))
-    )
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and onednn_available(compute_dtype(x))
 
 
 # -- signal helpers -----------------------------------------------------------------------------
@@ -509,77 +553,6 @@ def reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
         x = F.pad(x, (extra_left, extra_right))
         left, right = left - extra_left, right - extra_right
     return F.pad(x, (left, right), mode="reflect")
-
-
-def stft(x: Tensor, nfft: int, hop: int) -> Tensor:
-    """Normalised, centred STFT with a Hann window: ``(..., samples) -> (..., nfft // 2 + 1, frames)``."""
-    *lead, length = x.shape
-    window = torch.hann_window(nfft, device=x.device, dtype=x.dtype)
-    z = torch.stft(
-        x.reshape(-1, length),
-        nfft,
-        hop,
-        window=window,
-        win_length=nfft,
-        normalized=True,
-        center=True,
-        pad_mode="reflect",
-        return_complex=True,
-    )
-    return z.view(*lead, *z.shape[-2:])
-
-
-def istft(z: Tensor, hop: int, length: int) -> Tensor:
-    """Inverse of :func:`stft`: ``(..., bins, frames)`` complex -> ``(..., length)`` real.
-
-    Inference (no autograd) with ``nfft`` a multiple of ``hop`` takes :func:`_istft_overlap_add`.
-    """
-    *lead, bins, frames = z.shape
-    nfft = 2 * bins - 2
-    window = torch.hann_window(nfft, device=z.device, dtype=z.real.dtype)
-    if not torch.is_grad_enabled() and nfft % hop == 0 and length <= nfft + hop * (frames - 1) - nfft // 2:
-        x = _istft_overlap_add(z.reshape(-1, bins, frames), window, hop, length)
-        if x is not None:
-            return x.view(*lead, length)
-    x = torch.istft(
-        z.reshape(-1, bins, frames),
-        nfft,
-        hop,
-        window=window,
-        win_length=nfft,
-        normalized=True,
-        length=length,
-        center=True,
-    )
-    return x.view(*lead, length)
-
-
-def _istft_overlap_add(z: Tensor, window: Tensor, hop: int, length: int) -> Tensor | None:
-    """``torch.istft(z, nfft, hop, window, normalized=True, center=True, length=length)`` for
-    ``z (n, bins, frames)`` when ``hop`` divides ``nfft``, without autograd (None where the
-    window envelope vanishes: torch's istft then raises its own error).
-
-    Each frame's inverse FFT is split into ``nfft / hop`` slabs of ``hop`` samples; slab ``j`` of
-    frame ``f`` lands on output block ``f + j``, so the windowed overlap-add is ``nfft / hop``
-    strided multiply-adds over whole slabs (torch windows every frame into a new buffer, then
-    scatters it with a col2im, and builds the envelope the same way). Reads frame-major ``z``
-    (``z.transpose(-1, -2)`` contiguous) without a copy. Same sums as torch's up to rounding.
-    """
-    n, bins, frames = z.shape
-    nfft = 2 * bins - 2
-    taps = nfft // hop
-    y = torch.fft.irfft(z.transpose(-1, -2), n=nfft, dim=-1, norm="ortho").view(n, frames, taps, hop)
-    slabs = window.view(taps, hop)
-    out = y.new_zeros(n, frames + taps - 1, hop)
-    envelope = slabs.new_zeros(frames + taps - 1, hop)
-    for j in range(taps):
-        out[:, j : j + frames].addcmul_(y[:, :, j], slabs[j])
-        envelope[j : j + frames] += slabs[j].square()
-    start = nfft // 2
-    envelope = envelope.view(-1)[start : start + length]
-    if bool(envelope.abs().min() < 1e-11):
-        return None
-    return out.view(n, -1)[:, start : start + length].div_(envelope)
 
 
 # -- convolutional blocks -----------------------------------------------------------------------
@@ -632,7 +605,7 @@ class DConv(nn.Module):
         for step in self.layers:
             conv1, norm1, _, conv2, norm2, _, scale = step
             h = norm1(conv1(x))
-            torch._C._nn.gelu_(h)  # exact GELU, in place
+            gelu_(h)  # exact GELU, in place
             if isinstance(norm2, nn.GroupNorm) and norm2.num_groups == 1 and norm2.affine:
                 _glu_residual_from_statistics(x, h, conv2, norm2, scale.scale)
             else:
@@ -897,7 +870,7 @@ class EncoderLayer(nn.Module):
 
     def _tail_per_bin(self, rows: Tensor) -> Tensor:
         """GELU, DConv, 1x1 rewrite conv and GLU on ``(bins, c, t)`` rows (overwrites ``rows``)."""
-        torch._C._nn.gelu_(rows)
+        gelu_(rows)
         if self.dconv is not None:
             rows = self.dconv(rows, inplace=True)
         if self.rewrite is not None:
@@ -1011,6 +984,8 @@ class FrequencyEmbedding(nn.Module):
         super().__init__()
         self.scale = scale
         self.embedding = nn.Embedding(num_bins, dim)
+        if _SKIP_INIT.get():  # values to be loaded (see skip_init)
+            return
         with torch.no_grad():
             weight = self.embedding.weight
             if smooth:
@@ -1078,7 +1053,7 @@ class PackedMultiheadAttention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         dropout = self.dropout if self.training else 0.0
         if not dropout and _inference(q):
-            out = blocked_attention(q, k, v).transpose(1, 2)  # (b, lq, heads, dim / heads)
+            out = blocked_attention(q, k, v, impl=preferred_impl()).transpose(1, 2)  # (b, lq, heads, d / h)
         else:
             out = attention(q, k, v, dropout_p=dropout).transpose(1, 2)  # (b, lq, heads, dim / heads)
         b, lq = out.shape[:2]
@@ -1113,7 +1088,11 @@ class PackedMultiheadAttention(nn.Module):
         vt = torch.stack([linear(w_v, source[i]) for i in range(b)]) if b > 1 else None
         vt = linear(w_v, source[0])[None] if vt is None else vt
         out = blocked_attention(
-            self._heads(q), self._heads(k), vt.view(b, heads, d // heads, lk).transpose(-2, -1), scale=1.0
+            self._heads(q),
+            self._heads(k),
+            vt.view(b, heads, d // heads, lk).transpose(-2, -1),
+            scale=1.0,
+            impl=preferred_impl(),
         )
         lq = out.shape[2]
         out = out.transpose(1, 2).reshape(b, lq, d)
@@ -1298,6 +1277,54 @@ class CrossDomainTransformer(nn.Module):
 
 
 # -- the model ------------------------------------------------------------------------------------
+_SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("hybrids_htdemucs_skip_init", default=False)
+
+
+class _NoRandomInit(TorchFunctionMode):
+    """Makes the random initialisers of ``torch.nn.init`` and the in-place random fills no-ops.
+
+    A torch function mode, so it applies to the current thread only. (Building on the meta device
+    instead would import torch's symbolic-shape machinery, sympy included, on first use.)
+    """
+
+    _SKIPPED = frozenset(
+        {
+            nn.init.uniform_,
+            nn.init.normal_,
+            nn.init.trunc_normal_,
+            nn.init.kaiming_uniform_,
+            nn.init.kaiming_normal_,
+            nn.init.xavier_uniform_,
+            nn.init.xavier_normal_,
+            torch.Tensor.uniform_,
+            torch.Tensor.normal_,
+        }
+    )
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self._SKIPPED:  # the tensor to fill, left as it is
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Within this context (in this thread), :class:`HTDemucs` models, and bags of them, are built
+    without initial values: parameters are allocated (``torch.empty``) but neither randomly
+    initialised nor rescaled, so they hold whatever the memory held.
+
+    Only for a caller that then loads *every* parameter and buffer, e.g. ``load_state_dict`` with
+    ``strict=True`` (HT Demucs has no non-persistent buffers): a model built here and not loaded
+    holds garbage. ``Separator`` loads its model this way, since every path of
+    ``load_separation_model`` loads strictly.
+    """
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
 class HTDemucs(nn.Module):
     """Hybrid Transformer Demucs: ``(b, audio_channels, samples) -> (b, sources, audio_channels, samples)``.
 
@@ -1319,6 +1346,11 @@ class HTDemucs(nn.Module):
         self.depth = cfg.depth
         self.bottom_channels = cfg.bottom_channels
 
+        skip = _SKIP_INIT.get()
+        with _NoRandomInit() if skip else contextlib.nullcontext():
+            self._build(cfg, rescale=not skip)
+
+    def _build(self, cfg: HTDemucsConfig, *, rescale: bool) -> None:
         self.encoder = nn.ModuleList()  # spectral branch, outermost first
         self.decoder = nn.ModuleList()  # spectral branch, innermost first
         self.tencoder = nn.ModuleList()  # temporal branch, outermost first
@@ -1330,7 +1362,7 @@ class HTDemucs(nn.Module):
             if lv.index == 0 and cfg.freq_emb:
                 self.freq_emb = FrequencyEmbedding(lv.bins_out, lv.out_f, cfg.emb_scale, cfg.emb_smooth)
                 self.freq_emb_scale = cfg.freq_emb
-        if cfg.rescale:
+        if cfg.rescale and rescale:
             for branch in (self.encoder, self.decoder, self.tencoder, self.tdecoder):
                 _rescale_convs(branch, cfg.rescale)
 

@@ -14,9 +14,7 @@ def htdemucs(config: HTDemucsConfig) -> HTDemucs:
     return HTDemucs(config)
 
 
-@register_model(
-    "music/htdemucs_6s", config=HTDemucsConfig, preset="htdemucs_6s", weights="music/htdemucs_6s"
-)
+@register_model("music/htdemucs_6s", config=HTDemucsConfig, preset="htdemucs_6s", weights="music/htdemucs_6s")
 def htdemucs_6s(config: HTDemucsConfig) -> HTDemucs:
     """HT Demucs, experimental 6 sources (adds guitar and piano)."""
     return HTDemucs(config)

@@ -1,19 +1,17 @@
-"""The Lightning side of ``hybrids music train``: augmentations, datasets, the
-``HTDemucsTrainingModule``, ``StemsDataModule``, EMA, the safetensors checkpoint callback and
-``train(args)``. ``hybrids.apps.music.train`` (the command) re-exports these names lazily, so that
-building the command line does not import torch or Lightning. See that module for the recipe.
+"""The Lightning side of ``hybrids music train``: augmentations, datasets, EMA, the
+``HTDemucsTrainingModule`` and the ``StemsDataModule``, and ``build_model``. The run itself (Trainer,
+checkpoints, resume) is ``hybrids.apps.core.training``; ``hybrids.apps.music.train`` holds the
+config, ``train(config)`` and the recipe.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.lightning_hooks import ThreadsHooks
 from hybrids.apps.music.htdemucs import HTDemucs, HTDemucsConfig
-from hybrids.apps.music.train import HISTORY_NAME, PRESETS, check_args
+from hybrids.apps.music.train import PRESETS
 from hybrids.datasets.musdb import MIXTURE, MusdbError, MusdbTrack, open_musdb, open_stems_folder
 
 logger = logging.getLogger("hybrids.music.train")
@@ -377,7 +374,7 @@ class StemsDataModule(L.LightningDataModule):
 
 
 # -- the Lightning module --------------------------------------------------------------------------
-class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
+class HTDemucsTrainingModule(L.LightningModule):
     """Wraps an :class:`HTDemucs` (``self.model``, a plain ``nn.Module``) for training."""
 
     def __init__(
@@ -390,7 +387,6 @@ class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
         augmentation: Augmentation | None = None,
         ema_decay: float = 0.0,
         valid_overlap: float = 0.25,
-        threads: int | None = None,
     ):
         super().__init__()
         self.model = model
@@ -398,9 +394,6 @@ class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
         self.augmentation = augmentation if augmentation is not None else Augmentation()
         self.ema = WeightsEMA(model, ema_decay) if ema_decay else None
         self.valid_overlap = valid_overlap
-        self.threads = threads
-        self.history: list[dict[str, Any]] = []
-        self._threads_before: int | None = None
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         return self.model(mix)
@@ -416,6 +409,16 @@ class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
         if self.ema is not None:
             self.ema.update()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:  # --resume continues the average (tensors and numbers only)
+            checkpoint["hybrids_ema"] = {"count": self.ema.count, "state": self.ema.state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hybrids_ema")
+        if self.ema is not None and saved is not None:
+            self.ema.count = float(saved["count"])
+            self.ema.state = {k: v.detach().clone() for k, v in saved["state"].items()}
+
     @contextlib.contextmanager
     def averaged(self) -> Iterator[None]:
         """The weights that are validated and saved: the EMA's when enabled."""
@@ -430,7 +433,7 @@ class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
         self._swap.__exit__(None, None, None)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        from hybrids.apps.music.separate import apply_model
+        from hybrids.apps.music.engine import apply_model
 
         mix, references = batch[:, 0], batch[:, 1:]
         estimate = apply_model(
@@ -452,45 +455,6 @@ class HTDemucsTrainingModule(ThreadsHooks, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
             self.model.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
-        )
-
-
-class SafetensorsCheckpoint(L.Callback):
-    """After each validation: ``DIR/last`` always, ``DIR/best`` when the validation loss is the
-    lowest so far (``save_checkpoint``: safetensors + config.json), and ``DIR/history.json``;
-    written by the first process only."""
-
-    def __init__(self, directory: str | Path, extra: dict[str, Any] | None = None):
-        self.directory = Path(directory)
-        self.extra = dict(extra or {})
-        self.best: float | None = None
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking or "valid_loss" not in trainer.callback_metrics:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid_")}
-        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, **metrics}
-        module.history.append(record)
-        improved = self.best is None or metrics["valid_loss"] < self.best
-        if improved:
-            self.best = metrics["valid_loss"]
-        if not trainer.is_global_zero:
-            return
-        from hybrids.apps.core.checkpoint import save_checkpoint
-        from hybrids.datasets.atomic import atomic_write_text
-
-        extra = {"training": {**self.extra, **record}}
-        with module.averaged():
-            save_checkpoint(module.model, self.directory / "last", extra=extra)
-            if improved:
-                save_checkpoint(module.model, self.directory / "best", extra=extra)
-        atomic_write_text(self.directory / HISTORY_NAME, json.dumps(module.history, indent=2) + "\n")
-        logger.info(
-            "step %d: valid loss %.5f, uSDR %.2f dB%s",
-            record["step"],
-            metrics["valid_loss"],
-            metrics.get("valid_usdr", float("nan")),
-            " (best)" if improved else "",
         )
 
 
@@ -557,113 +521,3 @@ def _with_preprocessing(model: HTDemucs) -> HTDemucs:
 
     model.preprocessing = preprocessing_of(model.config)
     return model
-
-
-@dataclass
-class TrainResult:
-    module: HTDemucsTrainingModule
-    history: list[dict[str, Any]]
-    out: Path
-    is_global_zero: bool = True
-
-
-def _quiet_lightning(verbose: int) -> None:
-    """Lightning's banner lines (GPU available, tips) only with ``-v``; no warning about data
-    loaders without workers (our default on purpose: excerpts are cheap, cores are not)."""
-    import warnings
-
-    level = logging.INFO if verbose else logging.WARNING
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(level)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
-def train(args: argparse.Namespace) -> TrainResult:
-    """Run ``hybrids music train`` (see the module docstring); every process returns."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    check_args(args)
-    _quiet_lightning(getattr(args, "verbose", 0))
-    devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    model = build_model(
-        args.config, init=args.init, weights=args.weights, repo=args.repo, segment=args.segment
-    )
-    cfg = model.config
-    data = StemsDataModule.from_folder(
-        args.data,
-        sources=list(model.sources),
-        samplerate=cfg.samplerate,
-        channels=cfg.audio_channels,
-        segment=cfg.segment_length,
-        shift=int(round(args.shift * cfg.samplerate)),
-        batch_size=args.batch_size,
-        epoch_steps=args.epoch_steps,
-        workers=args.workers,
-        valid_seconds=args.valid_seconds,
-    )
-    threads = args.threads
-    if threads is None and args.accelerator in ("cpu", "auto") and not torch.cuda.is_available():
-        processes = devices if isinstance(devices, int) and devices > 0 else 1
-        threads = max(1, (os.cpu_count() or 1) // processes)
-    augmentation = Augmentation(
-        shift=data.shift,
-        flip=args.augment,
-        scale=(0.25, 1.25) if args.augment else None,
-        remix_proba=1.0 if args.augment else 0.0,
-        remix_group=args.remix_group,
-    )
-    module = HTDemucsTrainingModule(
-        model,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        augmentation=augmentation,
-        ema_decay=args.ema,
-        threads=threads,
-    )
-    recipe = {
-        "data": str(args.data),
-        "init": args.init,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "ema": args.ema,
-        "augmentation": asdict(augmentation),
-        "train_tracks": len(data.train_tracks),
-        "valid_tracks": len(data.valid_tracks),
-    }
-    checkpoint = SafetensorsCheckpoint(args.out, extra=recipe)
-    quiet = getattr(args, "quiet", 0) > 0
-    trainer = L.Trainer(
-        accelerator=args.accelerator,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=args.precision,
-        max_steps=args.steps,
-        max_epochs=-1,
-        val_check_interval=args.valid_every,  # in steps, across epochs
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        gradient_clip_val=args.clip_grad or None,
-        callbacks=[checkpoint],
-        logger=CSVLogger(args.out, name="", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=not quiet,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, args.valid_every)),
-        default_root_dir=args.out,
-        deterministic=False,
-    )
-    logger.info(
-        "training %s (%d parameters) on %d tracks, validating on %d",
-        model.model_name,
-        sum(p.numel() for p in model.parameters()),
-        len(data.train_tracks),
-        len(data.valid_tracks),
-    )
-    trainer.validate(module, datamodule=data, verbose=False)  # the starting point
-    trainer.fit(module, datamodule=data)
-    if module.history and module.history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the end point
-    return TrainResult(module, module.history, Path(args.out), trainer.is_global_zero)

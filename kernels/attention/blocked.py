@@ -10,6 +10,11 @@ In bfloat16 the softmax is oneDNN's own, on oneDNN tensors (~2x torch's CPU soft
 ``scaled_dot_product_attention`` measured ~2.7x slower than this kernel in bfloat16, 1.6x in float32).
 ``impl="reference"`` is :func:`hybrids.kernels.attention.sdpa.attention_reference`.
 
+Where oneDNN has no AVX-512 kernels (AVX2-only x86 CPUs, and other architectures), its products run
+no faster than MKL's and the blocks lose to torch's fused attention, whose softmax is fused into its
+tiles: there ``preferred_impl()`` is ``"sdpa"``, which computes the same attention with
+``F.scaled_dot_product_attention`` (equal to the reference within float rounding).
+
 Layout: the result is a ``(b, h, lq, dv)`` view of a ``(b, lq, h, dv)`` buffer, so that
 ``out.transpose(1, 2).reshape(b, lq, h * dv)`` (the input of an output projection) is free. ``k`` is
 read as ``(lk, d)`` rows and ``v`` as ``(dv, lk)`` rows per head: pass ``v`` as
@@ -18,17 +23,30 @@ read as ``(lk, d)`` rows and ``v`` as ``(dv, lk)`` rows per head: pass ``v`` as
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hybrids.kernels.attention.sdpa import attention_reference
 from hybrids.kernels.linear import onednn_available
 
-__all__ = ["IMPLS", "blocked_attention"]
+__all__ = ["IMPLS", "blocked_attention", "preferred_impl"]
 
-IMPLS = ("auto", "reference", "onednn")
+IMPLS = ("auto", "reference", "onednn", "sdpa")
+
+
+@functools.cache
+def preferred_impl() -> str:
+    """The faster of the fast paths for CPU inference here: ``"auto"`` (the oneDNN blocks) where
+    torch dispatches to AVX-512 kernels, else ``"sdpa"`` (torch's fused attention)."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = ""
+    return "auto" if capability.startswith("AVX512") else "sdpa"
 
 
 def _validate(q: Tensor, k: Tensor, v: Tensor, block: int, impl: str) -> None:
@@ -138,8 +156,9 @@ def blocked_attention(
         v: ``(b, hkv, lk, dv)`` (any strides; see the module docstring for the cheapest layout).
         scale: score scale, default ``1 / sqrt(d)``; pass 1.0 when it is folded into ``q``.
         block: queries per block on the fast path (256 keeps a ``256 x lk`` score block in cache).
-        impl: ``"auto"`` (oneDNN on CPU without autograd, else the reference), ``"reference"``, or
-            ``"onednn"`` (raises ``RuntimeError`` where it cannot run).
+        impl: ``"auto"`` (oneDNN on CPU without autograd, else the reference), ``"reference"``,
+            ``"onednn"`` (raises ``RuntimeError`` where it cannot run), or ``"sdpa"`` (torch's
+            fused ``scaled_dot_product_attention``, any device; see :func:`preferred_impl`).
 
     Returns:
         ``(b, h, lq, dv)`` in ``q``'s dtype. Float32 equals the reference within ~1e-6; bfloat16
@@ -148,6 +167,9 @@ def blocked_attention(
     _validate(q, k, v, block, impl)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    if impl == "sdpa":  # its CPU kernel is much slower on the transposed-v layout: unit-stride rows
+        v = v if v.stride(-1) == 1 else v.contiguous()
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     fast = _fast_path_applies(q, k, v)
     if impl == "onednn" and not fast:
         raise RuntimeError(

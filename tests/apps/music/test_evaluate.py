@@ -105,8 +105,17 @@ def test_evaluate_writes_scores_tables_and_plots_and_resumes(
     assert main(["-q", "music", "evaluate", "--musdb", str(root), "-n", str(checkpoint), "-o", str(out)]) == 0
     assert calls == [] and (out / "summary.csv").read_text() == summary_before
     (out / "museval" / "test" / "Artist B - Tune.json").unlink()
-    assert main(["-q", "music", "evaluate", "--musdb", str(root), "-n", str(checkpoint), "-o", str(out)]) == 0
+    # from Python with a typed config (no argparse); Lightning's precision names work too
+    from hybrids.apps.music.evaluate import EvaluateConfig, evaluate
+
+    config = EvaluateConfig(musdb=root, name=str(checkpoint), out=out, precision="32-true", plots=False)
+    assert config.precision == "fp32"
+    result = evaluate(config)
     assert calls == ["Artist B - Tune"] and (out / "summary.csv").read_text() == summary_before
+    assert result.out == out and result.summary["tracks"] == 2
+    assert main(["-q", "music", "evaluate", "--musdb", str(root), "-n", str(checkpoint), "-o", str(out),
+                 "--precision", "bf16-mixed", "--tracks", "Artist A - Song"]) == 0  # fmt: skip
+    assert calls == ["Artist B - Tune"]  # already scored: nothing separated
 
 
 def test_evaluate_bad_folders_name_the_track(checkpoint, shared_data, tmp_path, capsys):
@@ -122,3 +131,5 @@ def test_evaluate_bad_folders_name_the_track(checkpoint, shared_data, tmp_path, 
     assert "Nobody - Nothing" in capsys.readouterr().err
     assert main(["-q", "music", "evaluate", "--musdb", str(tmp_path / "missing"), "-n", str(checkpoint)]) == 2
     assert "missing: no such folder" in capsys.readouterr().err
+    assert main([*argv, "--precision", "16-mixed"]) == 2
+    assert "16-mixed" in capsys.readouterr().err

@@ -19,8 +19,14 @@ def _torch_istft(z: torch.Tensor, hop: int, length: int) -> torch.Tensor:
     nfft = 2 * bins - 2
     window = torch.hann_window(nfft, dtype=z.real.dtype)
     x = torch.istft(
-        z.reshape(-1, bins, frames), nfft, hop, window=window, win_length=nfft, normalized=True,
-        length=length, center=True,
+        z.reshape(-1, bins, frames),
+        nfft,
+        hop,
+        window=window,
+        win_length=nfft,
+        normalized=True,
+        length=length,
+        center=True,
     )
     return x.view(*lead, length)
 
@@ -63,7 +69,7 @@ def test_bf16_folded_weights_are_cached_and_follow_parameter_updates(perturb):
 
     first = run()
     cache = htdemucs._FOLDED[layer.self_attn]
-    (stamp, weights), = cache.values()
+    ((stamp, weights),) = cache.values()
     assert all(w.dtype == torch.bfloat16 for w in weights if w is not None)
     second = run()
     assert torch.equal(first, second)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.music.separate import ModelBag, Separator, apply_model, draw_shift_offsets
+from hybrids.apps.music.bag import BagOfModels
+from hybrids.apps.music.separate import Separator, apply_model, draw_shift_offsets
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 
@@ -137,7 +138,7 @@ def test_bags_match_demucs(demucs_apply, shifts):
     weights = [[1.0, 0.5, 2.0, 1.0], [0.5, 1.0, 1.0, 0.0]]
     mix = torch.randn(2, 2, 523, generator=torch.Generator().manual_seed(3))
     expected = _demucs(demucs_apply, demucs_apply.BagOfModels(members, weights), mix, seed=5, shifts=shifts)
-    ours = apply_model(ModelBag(members, weights), mix, seed=5, shifts=shifts)
+    ours = apply_model(BagOfModels.from_models(members, weights), mix, seed=5, shifts=shifts)
     if shifts <= 1:
         assert torch.equal(ours, expected)
     else:  # 1/shifts folded into the bag weights: rounding only
@@ -363,7 +364,7 @@ STREAM_CASES = [
 def _streamed(model, mix, **kwargs):
     """``stream_model`` on an in-memory mix; checks the blocks are consecutive and returns them
     concatenated."""
-    from hybrids.apps.music.separate import _window, stream_model
+    from hybrids.apps.music.engine import _window, stream_model
 
     blocks, position = [], 0
 
@@ -410,7 +411,9 @@ def test_stream_model_with_many_passes_and_bags():
     (memory: a window, not the track), equal to apply_model up to the order of the float sums."""
     mix = torch.randn(1, 2, 3000, generator=torch.Generator().manual_seed(0))
     model = FixedStandIn(seed=1)
-    bag = ModelBag([FixedStandIn(seed=1), FixedStandIn(seed=2)], weights=[[1, 2, 0.5, 1], [1, 1, 1, 3]])
+    bag = BagOfModels.from_models(
+        [FixedStandIn(seed=1), FixedStandIn(seed=2)], weights=[[1, 2, 0.5, 1], [1, 1, 1, 3]]
+    )
     for candidate, shifts in ((model, 3), (bag, 2)):
         expected = apply_model(candidate, mix, shifts=shifts, seed=5)
         got, n_blocks = _streamed(candidate, mix, shifts=shifts, seed=5)
@@ -420,10 +423,10 @@ def test_stream_model_with_many_passes_and_bags():
 
 def test_stream_target_keeps_a_window_not_the_track():
     """The running-sum window stays about two segments long, however long the track."""
-    from hybrids.apps.music import separate
+    from hybrids.apps.music import engine
 
     sizes = []
-    real_release = separate._StreamTarget.release
+    real_release = engine._StreamTarget.release
 
     def release(self, upto):
         sizes.append(self.buf.shape[-1])
@@ -431,12 +434,12 @@ def test_stream_target_keeps_a_window_not_the_track():
 
     model = FixedStandIn(seed=0)  # 37-sample segment
     mix = torch.randn(1, 2, 20_000)
-    original = separate._StreamTarget.release
-    separate._StreamTarget.release = release
+    original = engine._StreamTarget.release
+    engine._StreamTarget.release = release
     try:
         _streamed(model, mix, shifts=2)
     finally:
-        separate._StreamTarget.release = original
+        engine._StreamTarget.release = original
     assert max(sizes) <= 4 * 37 + 50 + 1  # segments plus the largest shift (0.5 s = 50 samples)
 
 
@@ -495,3 +498,21 @@ def test_the_last_odd_forward_gets_every_core():
     finally:
         torch.set_num_threads(saved)
     assert torch.equal(got, expected)
+
+
+def test_one_bag_class_for_registry_bags_and_any_models():
+    """``BagOfModels`` is the registry's bag (from a config) and demucs's bag of any models
+    (``from_models``); mismatched members or weights are refused."""
+    members = [StandIn(seed=1), StandIn(seed=2)]
+    bag = BagOfModels.from_models(members, [[1.0, 0.5, 2.0, 1.0], [0.5, 1.0, 1.0, 1.0]], segment=0.3)
+    assert bag.sources == list(members[0].sources) and bag.segment == 0.3 and bag.config is None
+    assert bag.totals == [1.5, 1.5, 3.0, 2.0] and len(list(bag.parameters())) == sum(
+        len(list(m.parameters())) for m in members
+    )
+    mix = torch.randn(1, 2, 300)
+    expected = sum(m(mix) * torch.tensor(w)[None, :, None, None] for m, w in zip(members, bag.weights))
+    torch.testing.assert_close(bag(mix), expected / torch.tensor(bag.totals)[None, :, None, None])
+    with pytest.raises(ValueError, match="at least one model"):
+        BagOfModels.from_models([])
+    with pytest.raises(ValueError, match="lists of 4 numbers"):
+        BagOfModels.from_models(members, [[1.0] * 4])

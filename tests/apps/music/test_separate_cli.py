@@ -226,7 +226,8 @@ def test_weights_and_repo_flags(checkpoint, tracks, tmp_path, capsys):
     out = tmp_path / "out"
     weights = checkpoint / "model.safetensors"
     assert run("-q", "--weights", weights, "-o", out, "--two-stems", "bass", tracks["short"]) == 0
-    assert (out / "htdemucs" / "short" / "bass.wav").is_file()  # default -n music/htdemucs
+    # named after the model used (the weights' folder), not the default -n music/htdemucs
+    assert (out / MODEL_DIR / "short" / "bass.wav").is_file() and not (out / "htdemucs").exists()
     # --repo is searched for the official file: a wrong file there is rejected by its sha256
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -367,3 +368,185 @@ def test_console_scripts(tmp_path):
             [str(separate), str(tmp_path / "missing.wav")], capture_output=True, text=True, cwd=tmp_path
         )
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+
+
+# -- demucs's conventions (issue 16) ---------------------------------------------------------------
+def test_list_models_needs_no_track_and_imports_no_torch(tmp_path):
+    """``separate --list-models`` (demucs has it) lists without a track, fast: measured as the
+    child's CPU time (load on the machine does not inflate it) with torch never imported."""
+    import resource
+
+    probe = (
+        "import sys; from hybrids.apps.music.cli import separate_main; code = separate_main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "--list-models"], capture_output=True, text=True, timeout=60
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert done.returncode == 0, done.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 1.0, f"--list-models took {cpu:.2f} s of CPU"
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Bag of models:" and "Single models:" in lines
+    bags = lines[1 : lines.index("Single models:")]
+    assert [line.split()[0] for line in bags] == ["htdemucs_ft"]
+    singles = [line.split()[0] for line in lines[lines.index("Single models:") + 1 :] if line.startswith(" ")]
+    assert {"htdemucs", "htdemucs_6s"} <= set(singles)
+    # of a demucs repository: its bags (.yaml) and its models' signatures (.th)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "mybag.yaml").write_text("models: [1234abcd]\n")
+    (repo / "1234abcd-0badcafe.th").write_bytes(b"")
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "--list-models", "--repo", str(repo)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Bag", "of", "models:", "mybag", "Single", "models:", "1234abcd"]
+
+
+def test_help_names_the_command_separate_and_a_missing_track_is_one_line(capsys):
+    assert separate_main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: separate ")
+    assert separate_main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no TRACK_OR_DIR given" in err
+    assert separate_main(["-n", "htdemucs", "-s", "955717e8", "x.wav"]) == 2  # one model or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert separate_main(["--list-mod", "x.wav"]) == 2  # no prefix abbreviations
+
+
+def test_sig_selects_a_model_by_signature_and_names_the_output_after_it(tracks, tmp_path, capsys):
+    """``-s SIG`` (demucs's signature flag): ``SIG-*.th`` in ``--repo``; the stems go to
+    ``OUT/SIG``. ``--weights FILE`` names the output after the file (a demucs package: its signature)."""
+    from hybrids.apps.music.bench import random_demucs_package
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    package = random_demucs_package(repo, "tiny", seed=3)
+    signature = package.name.split("-", 1)[0]
+    out = tmp_path / "out"
+    assert (
+        separate_main(["-q", "-s", signature, "--repo", str(repo), "-o", str(out), str(tracks["short"])]) == 0
+    )
+    assert sorted(p.name for p in (out / signature / "short").iterdir()) == [
+        f"{s}.wav" for s in sorted(SOURCES)
+    ]
+    by_sig = read(out / signature / "short" / "vocals.wav")
+    copy = tmp_path / "my_finetune.th"
+    shutil.copyfile(package, copy)
+    assert separate_main(["-q", "--weights", str(copy), "-o", str(out), str(tracks["short"])]) == 0
+    torch.testing.assert_close(read(out / "my_finetune" / "short" / "vocals.wav"), by_sig)
+    assert (
+        separate_main(
+            ["-q", "--weights", str(package), "-o", str(out), "--two-stems", "bass", str(tracks["short"])]
+        )
+        == 0
+    )
+    assert (out / signature / "short" / "no_bass.wav").is_file()
+    capsys.readouterr()
+    assert separate_main(["-s", "deadbeef", "--repo", str(repo), "-o", str(out), str(tracks["short"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no deadbeef-*.th in" in err
+
+
+def test_model_folder_names():
+    from hybrids.apps.music.names import model_folder_name
+
+    assert (
+        model_folder_name("music/htdemucs") == "htdemucs"
+        and model_folder_name("htdemucs_ft") == "htdemucs_ft"
+    )
+    assert model_folder_name("955717e8", repo="anywhere") == "955717e8"
+
+
+def test_model_folder_names_of_files_and_folders(tmp_path):
+    from hybrids.apps.music.names import model_folder_name
+
+    for run in ("X", "Y"):  # two runs' best checkpoints no longer collide
+        (tmp_path / "runs" / run / "best").mkdir(parents=True)
+        (tmp_path / "runs" / run / "best" / "model.safetensors").write_bytes(b"")
+    assert model_folder_name(tmp_path / "runs" / "X" / "best") == "X_best"
+    assert model_folder_name(str(tmp_path / "runs" / "Y" / "best")) == "Y_best"
+    assert model_folder_name(tmp_path / "runs" / "X") == "X"
+    assert model_folder_name(tmp_path / "runs" / "X" / "best" / "model.safetensors") == "X_best"
+    weights = tmp_path / "0d19c1c6-0f06f20e.th"
+    weights.write_bytes(b"")
+    assert model_folder_name("htdemucs", weights=weights) == "0d19c1c6"
+    assert (
+        model_folder_name("htdemucs", weights=tmp_path / "runs" / "Y" / "best" / "model.safetensors")
+        == "Y_best"
+    )
+    assert model_folder_name("htdemucs", weights="official") == "htdemucs"
+
+
+def _damaged_ogg(folder: Path, shared_data: Path) -> Path:
+    """A real 5 s excerpt as Ogg Vorbis with 40 % of its bytes missing in the middle: the header and
+    the last page (which states the length) are intact, the decoder stops early."""
+    wav, rate = load_audio(shared_data / "audio" / "kevin_macleod-vibe_ace.ogg", offset=20.0, duration=5.0)
+    whole = folder / "whole.ogg"
+    soundfile.write(str(whole), wav.T.numpy(), rate, format="OGG", subtype="VORBIS")
+    data = whole.read_bytes()
+    damaged = folder / "damaged.ogg"
+    damaged.write_bytes(data[: int(0.3 * len(data))] + data[int(0.7 * len(data)) :])
+    return damaged
+
+
+def test_a_damaged_ogg_is_separated_with_a_warning_naming_both_durations(
+    checkpoint, shared_data, tmp_path, capsys
+):
+    """Issue 16, defect 4: the decoder stops before the length the header states. The audio decoded
+    is separated (as demucs does) and one warning names the file and both durations."""
+    from hybrids.datasets.audio import AudioReader, audio_info
+
+    damaged = _damaged_ogg(tmp_path, shared_data)
+    stated = audio_info(damaged)
+    assert stated.frames / stated.samplerate == pytest.approx(5.0, abs=0.01)
+    reader = AudioReader(damaged)
+    decoded = sum(block.shape[-1] for block in reader)
+    assert decoded == reader.decoded_frames < 0.8 * stated.frames
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run("-n", checkpoint, "-o", out, damaged) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "decoding stopped" in line]
+    assert len(warnings) == 1, err
+    assert str(damaged) in warnings[0] and f"{decoded / stated.samplerate:.2f} s" in warnings[0]
+    assert "of the 5.00 s its header states" in warnings[0]
+    assert read(out / MODEL_DIR / "damaged" / "drums.wav").shape[-1] == decoded
+    # a complete file gives no warning
+    assert run("-q", "-n", checkpoint, "-o", out, tmp_path / "whole.ogg") == 0
+    assert "decoding stopped" not in capsys.readouterr().err
+
+
+def test_precision_takes_lightnings_names_too():
+    import argparse
+
+    from hybrids.apps.music.cli import inference_precision
+
+    assert [inference_precision(p) for p in ("fp32", "32-true", "bf16", "bf16-mixed")] == [
+        "fp32",
+        "fp32",
+        "bf16",
+        "bf16",
+    ]
+    with pytest.raises(argparse.ArgumentTypeError, match="16-mixed"):
+        inference_precision("16-mixed")
+
+
+def test_sig_resolves_in_the_repo_the_cache_or_the_official_models(tmp_path, monkeypatch):
+    from hybrids.apps.core.errors import InputError
+    from hybrids.apps.music.names import resolve_signature
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HYBRIDS_CACHE", str(cache))
+    assert resolve_signature("955717e8", None) == ("music/htdemucs", None)  # official: htdemucs's file
+    assert resolve_signature("5c90dfd2", None) == ("music/htdemucs_6s", None)
+    cache.mkdir()
+    (cache / "955717e8-8726e21a.th").write_bytes(b"")
+    assert resolve_signature("955717e8", None) == ("955717e8", cache)  # found in the cache
+    with pytest.raises(InputError, match="no f7e0c4bc-\\*.th in the weights cache"):
+        resolve_signature("f7e0c4bc", None)  # one model of the htdemucs_ft bag: not a single model
+    with pytest.raises(InputError, match="not a model signature"):
+        resolve_signature("../x", None)

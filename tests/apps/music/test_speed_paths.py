@@ -159,9 +159,7 @@ def test_dconv_group_norm_from_hidden_moments(perturb, monkeypatch, steps):
     expected = _reference_forward(dconv, x)
     calls = []
     real = htdemucs._glu_residual_from_statistics
-    monkeypatch.setattr(
-        htdemucs, "_glu_residual_from_statistics", lambda *a: calls.append(1) or real(*a)
-    )
+    monkeypatch.setattr(htdemucs, "_glu_residual_from_statistics", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         got = dconv(x)
     assert len(calls) == 2  # both steps

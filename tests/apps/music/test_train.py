@@ -15,7 +15,7 @@ import soundfile
 import torch
 
 from hybrids.apps.cli import main
-from hybrids.apps.music.train import (
+from hybrids.apps.music.training import (
     Augmentation,
     WeightsEMA,
     flip_channels,
@@ -171,7 +171,7 @@ def test_weights_ema_averages_and_swaps():
 
 # -- data ----------------------------------------------------------------------------------------
 def test_segment_dataset_draws_excerpts_of_real_tracks(stems_folder):
-    from hybrids.apps.music.train import SegmentDataset, open_training_tracks
+    from hybrids.apps.music.training import SegmentDataset, open_training_tracks
     from hybrids.datasets.musdb import open_stems_folder
 
     train, valid = open_training_tracks(stems_folder, SOURCES)
@@ -274,34 +274,102 @@ def test_train_cli_writes_checkpoints_that_reload_and_separate(stems_folder, tmp
     stems_out = tmp_path / "separated"
     assert main(["-q", "music", "separate", str(track), "-n", str(out / "last"), "-o", str(stems_out)]) == 0
     for source in SOURCES:
-        wav, rate = soundfile.read(str(stems_out / "last" / "mixture" / f"{source}.wav"))
+        wav, rate = soundfile.read(str(stems_out / "run_last" / "mixture" / f"{source}.wav"))
         assert rate == RATE and wav.shape == (3 * RATE, 2)
 
 
+def _config(data: Path, out: Path, **fields):
+    """The ``TrainConfig`` of ``_train_args`` (built from Python: no argparse)."""
+    from hybrids.apps.core.run_options import RunOptions
+    from hybrids.apps.music.train import TrainConfig
+
+    run = RunOptions(out=out, accelerator="cpu", threads=1, verbosity=-1)
+    defaults = dict(config="tiny", batch_size=2, segment=0.5, shift=0.1, remix_group=2, valid_seconds=1)
+    return TrainConfig(data=data, run=run, **{**defaults, **fields})
+
+
 def test_trained_weights_match_the_checkpoint_bit_for_bit(stems_folder, tmp_path):
-    """The weights in memory at the end of training are those of ``last`` (with and without EMA)."""
-    import argparse
-
+    """``train(TrainConfig(...))`` from Python: the weights in memory at the end of training are
+    those of ``last`` (with and without EMA)."""
     from hybrids.apps.core.checkpoint import load_checkpoint
-    from hybrids.apps.music.train import add_train_arguments, train
+    from hybrids.apps.music.train import train
 
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    for ema in ("0", "0.9"):
+    for ema in (0.0, 0.9):
         out = tmp_path / f"ema{ema}"
-        args = parser.parse_args(
-            _train_args(
-                stems_folder, out, "--steps", "2", "--valid-every", "2", "--valid-seconds", "1", "--ema", ema
-            )[3:]
+        result = train(_config(stems_folder, out, steps=2, valid_every=2, ema=ema))
+        assert [r["step"] for r in result.history] == [0, 2] and result.out == out
+        assert result.best is not None and result.best["valid_loss"] == min(
+            r["valid_loss"] for r in result.history
         )
-        result = train(args)
         reloaded = load_checkpoint(out / "last").state_dict()
         with result.module.averaged():
             trained = result.module.model.state_dict()
             assert all(torch.equal(trained[k].cpu(), reloaded[k]) for k in trained)
         raw = result.module.model.state_dict()
         differs = any(not torch.equal(raw[k], reloaded[k]) for k in raw if raw[k].is_floating_point())
-        assert differs == (ema != "0")  # the EMA weights are what was validated and saved
+        assert differs == (ema != 0)  # the EMA weights are what was validated and saved
+
+
+def test_resume_continues_the_run_with_its_history_and_best(stems_folder, tmp_path):
+    """``--resume``: the second run starts at the first one's last step (no new starting point),
+    keeps its history and best, and writes its metrics beside the first run's."""
+    from hybrids.apps.core.errors import InputError
+    from hybrids.apps.music.train import train
+
+    out = tmp_path / "run"
+    first = train(_config(stems_folder, out, steps=2, valid_every=2, ema=0.9))
+    assert (out / "resume.ckpt").is_file()
+    config = _config(stems_folder, out, steps=4, valid_every=2, ema=0.9)
+    config.run.resume = True
+    second = train(config)
+    assert [r["step"] for r in second.history] == [0, 2, 4]
+    assert second.history[:2] == first.history
+    assert _read_history(out) == second.history
+    assert json.loads((out / "last" / "config.json").read_text())["training"]["step"] == 4
+    assert (out / "resumed_1" / "metrics.csv").is_file()
+    assert second.module.ema.count > first.module.ema.count  # the average went on, not restarted
+    fresh = _config(stems_folder, tmp_path / "nothing", steps=2)
+    fresh.run.resume = True
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(fresh)
+
+
+_INTERRUPT = """
+import os, signal, sys, time
+import safetensors.torch
+
+real = safetensors.torch.save_file
+
+def save_file(tensors, filename, metadata=None):
+    if os.sep + ".best." in filename:  # the temporary folder that becomes OUT/best
+        real(tensors, filename, metadata=metadata)  # half of the folder is written ...
+        os.kill(os.getpid(), signal.SIGINT)  # ... when the user presses Ctrl-C
+        time.sleep(30)
+    return real(tensors, filename, metadata=metadata)
+
+safetensors.torch.save_file = save_file
+from hybrids.apps.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_saving_leaves_no_empty_best_folder(stems_folder, tmp_path):
+    """Issue 16, defect 7: Ctrl-C during ``music train`` left an empty ``OUT/best/``. A real SIGINT
+    arrives while ``best`` is being written: no ``best`` folder (it was never complete), no
+    temporary folder, and ``last`` (written before) loads."""
+    from hybrids.apps.core.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    argv = _train_args(stems_folder, out, "--steps", "2", "--valid-every", "2", "--valid-seconds", "1")
+    env = {**os.environ, "HYBRIDS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT, *argv], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 130, done.stderr[-2000:]  # interrupted, as every command reports it
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (out / "best").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    load_checkpoint(out / "last")
 
 
 def _demucs_package(path: Path, config) -> dict[str, torch.Tensor]:
@@ -331,7 +399,7 @@ def test_init_from_official_format_weights_offline(stems_folder, tmp_path):
     ``--repo DIR``), without network, and fine-tunes from them."""
     from hybrids.apps.core.checkpoint import load_checkpoint
     from hybrids.apps.music.htdemucs import HTDemucsConfig
-    from hybrids.apps.music.train import build_model
+    from hybrids.apps.music.training import build_model
 
     config = HTDemucsConfig.from_preset("tiny")
     repo = tmp_path / "repo"
