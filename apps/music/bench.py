@@ -446,14 +446,31 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _worst_parity(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The worst stem's ``max|diff|/peak`` and SNR against demucs, formatted (``-`` when not measured)."""
+    diffs = row.get("max_abs_diff_rel") or {}
+    snrs = row.get("snr_db") or {}
+    worst_diff = max(diffs.values()) if diffs else None
+    return _fmt(worst_diff, ".1e"), _fmt(min(snrs.values()) if snrs else None, ".1f")
+
+
+def _aligned(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> list[str]:
+    """Fixed-width rows: the two name columns left-aligned, numbers right-aligned, an error (one more
+    field than the header) after them."""
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        + (f"  {r[len(header)]}" if len(r) > len(header) and r[len(header)] else "")
+        for r in [header, *lines]
+    ]
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """A fixed-width text table: one line per case, parity as the worst stem."""
     header = ("impl", "precision", "time s", "x realtime", "x demucs", "peak MiB")
     header += ("max|diff|/peak", "min SNR dB")
     lines = []
     for row in result["rows"]:
-        diffs = row.get("max_abs_diff_rel") or {}
-        snrs = row.get("snr_db") or {}
         lines.append(
             (
                 row["impl"],
@@ -462,17 +479,11 @@ def format_table(result: Mapping[str, Any]) -> str:
                 _fmt(row.get("realtime_x"), ".2f"),
                 _fmt(row.get("time_vs_demucs"), ".2f"),
                 _fmt(row.get("peak_mib"), ".0f"),
-                _fmt(max(diffs.values()) if diffs else None, ".1e"),
-                _fmt(min(snrs.values()) if snrs else None, ".1f"),
+                *_worst_parity(row),
                 row.get("error", ""),
             )
         )
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    text = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        + (f"  {r[len(header)]}" if len(r) > len(header) and r[len(header)] else "")
-        for r in [header, *lines]
-    ]
+    text = _aligned(header, lines)
     rows = result["rows"]
     if rows:
         first = rows[0]
@@ -850,8 +861,6 @@ def format_whole_process_table(result: Mapping[str, Any]) -> str:
     header += ("x demucs peak", "max|diff|/peak", "min SNR dB")
     lines = []
     for row in result["rows"]:
-        diffs = row.get("max_abs_diff_rel") or {}
-        snrs = row.get("snr_db") or {}
         lines.append(
             (
                 row["impl"],
@@ -862,17 +871,11 @@ def format_whole_process_table(result: Mapping[str, Any]) -> str:
                 _fmt(row.get("wall_vs_demucs"), ".3f"),
                 _fmt(row.get("cpu_vs_demucs"), ".3f"),
                 _fmt(row.get("peak_vs_demucs"), ".3f"),
-                _fmt(max(diffs.values()) if diffs else None, ".1e"),
-                _fmt(min(snrs.values()) if snrs else None, ".1f"),
+                *_worst_parity(row),
                 row.get("error", ""),
             )
         )
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    text = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        + (f"  {r[len(header)]}" if len(r) > len(header) and r[len(header)] else "")
-        for r in [header, *lines]
-    ]
+    text = _aligned(header, lines)
     rows = result["rows"]
     if rows:
         first = rows[0]
