@@ -585,9 +585,9 @@ def run_measured(
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``argv`` to completion; ``{"wall_s", "cpu_s", "peak_mib"}`` (CPU: user + system of the
-    process and the children it waited for; peak: the largest resident set among them; both
-    ``None`` where ``os.wait4`` is missing), or ``{"error": ...}`` on a non-zero exit or the timeout.
-    Its stdout and stderr go to ``log``."""
+    process and the children it waited for; peak: the program's own high-water resident set, read
+    from ``/proc`` every 10 ms, else ``ru_maxrss``; both ``None`` where ``os.wait4`` is missing), or
+    ``{"error": ...}`` on a non-zero exit or the timeout. Its stdout and stderr go to ``log``."""
     import subprocess
     import sys
 
@@ -595,9 +595,11 @@ def run_measured(
         started = time.perf_counter()
         process = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, env=env)
         usage = None
+        high_water_kib = None
         try:
             if hasattr(os, "wait4"):
                 while True:  # wait4: this child's own resource usage, not the sum over all children
+                    high_water_kib = _high_water_kib(process.pid) or high_water_kib
                     pid, status, usage = os.wait4(process.pid, os.WNOHANG)
                     if pid:
                         process.returncode = os.waitstatus_to_exitcode(status)
@@ -623,7 +625,23 @@ def run_measured(
     if usage is not None:
         result["cpu_s"] = usage.ru_utime + usage.ru_stime
         result["peak_mib"] = usage.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+    if high_water_kib is not None:  # Linux: ru_maxrss also counts the forking parent's resident set
+        result["peak_mib"] = high_water_kib / 1024.0
     return result
+
+
+def _high_water_kib(pid: int) -> int | None:
+    """The peak resident set (``VmHWM``, KiB) of ``pid``'s current program, or ``None`` (no
+    ``/proc``, or the process has exited). Unlike ``ru_maxrss``, which Linux carries over from the
+    memory of the process that forked it (here the benchmark, or pytest), it starts afresh at exec."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _median(values: Sequence[float | None]) -> float | None:

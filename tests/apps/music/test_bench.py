@@ -119,7 +119,12 @@ def test_run_measured_reports_cpu_peak_memory_and_failures(tmp_path):
 
     busy = "import time\nx = bytearray(300 << 20)\nt = time.process_time()\n"
     busy += "while time.process_time() - t < 0.3: pass"
+    # A large parent (pytest in the full suite is over 1 GB): Linux's ru_maxrss of the child would
+    # include it; the peak must be the child's own.
+    ballast = bytearray(1100 << 20)
+    ballast[:: 1 << 12] = b"\1" * len(range(0, len(ballast), 1 << 12))
     result = run_measured([sys.executable, "-c", busy], log=tmp_path / "log")
+    del ballast
     assert result["wall_s"] >= 0.3
     if hasattr(os, "wait4"):  # this child's own figures, not a running total over all children
         assert result["cpu_s"] >= 0.3 and 300 <= result["peak_mib"] < 1000
