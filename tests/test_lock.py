@@ -24,7 +24,13 @@ DIRECT = "hybrids (pyproject.toml)"  # how the resolver marks a requirement of o
 SOURCE_FOLDERS = ("apps", "shared_blocks", "kernels", "datasets", "evaluation")
 
 # Where a distribution's import name differs from its name on PyPI.
-IMPORT_NAMES = {"biopython": "Bio", "pyyaml": "yaml", "scikit-learn": "sklearn", "neuraloperator": "neuralop", "scikit-image": "skimage"}
+IMPORT_NAMES = {
+    "biopython": "Bio",
+    "pyyaml": "yaml",
+    "scikit-learn": "sklearn",
+    "scikit-image": "skimage",
+    "neuraloperator": "neuralop",
+}
 # Dev tools used as programs or by pytest itself, never imported by our code.
 TOOLS = {"pytest", "ruff"}
 
