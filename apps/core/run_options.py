@@ -23,6 +23,7 @@ __all__ = [
     "TrainResult",
     "add_run_arguments",
     "config_from_args",
+    "require_at_least_one",
 ]
 
 RESUME_NAME = "resume.ckpt"
@@ -96,6 +97,15 @@ class TrainResult:
     best: dict[str, Any] | None  # the record of OUT/best (None: no score was kept)
     out: Path
     is_global_zero: bool = True
+
+
+def require_at_least_one(config: Any, *fields: str) -> None:
+    """Raise ``InputError`` naming the flag (``--batch-size must be >= 1, got 0``) for the first of
+    ``config``'s integer ``fields`` below 1."""
+    for name in fields:
+        value = getattr(config, name)
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def add_run_arguments(

@@ -48,7 +48,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.run_options import RunOptions, require_at_least_one
 from hybrids.apps.dna.classifier import POOLINGS, HybriDNAClassifier
 from hybrids.datasets.dna import DNAFormatError, DNATokenizer, read_gue_csv
 
@@ -95,9 +95,7 @@ class FinetuneConfig:
             raise InputError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.pooling not in POOLINGS:
             raise InputError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        for flag in ("epochs", "batch_size"):
-            if getattr(self, flag) < 1:
-                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        require_at_least_one(self, "epochs", "batch_size")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.run_options import RunOptions, require_at_least_one
 
 logger = logging.getLogger("hybrids.dna.pretrain")
 
@@ -113,9 +113,7 @@ class PretrainConfig:
         """Raise ``InputError`` (one line naming the flag) for values no run can use."""
         if not self.fasta:
             raise InputError("--fasta: give at least one FASTA or GenBank file")
-        for flag in ("steps", "batch_size", "valid_every", "context"):
-            if getattr(self, flag) < 1:
-                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        require_at_least_one(self, "steps", "batch_size", "valid_every", "context")
         for flag in ("lr", "valid_context", "valid_max_tiles"):
             value = getattr(self, flag)
             if value is not None and value <= 0:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions, TrainResult
+from hybrids.apps.core.run_options import RunOptions, TrainResult, require_at_least_one
 
 logger = logging.getLogger("hybrids.hsi.train")
 
@@ -69,9 +69,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` (one line naming the flag) for values no run can use."""
-        for flag in ("patch_size", "batch_size", "steps", "steps_per_epoch"):
-            if getattr(self, flag) < 1:
-                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        require_at_least_one(self, "patch_size", "batch_size", "steps", "steps_per_epoch")
         if self.synthetic_scenes < 0 or self.num_workers < 0:
             raise InputError("--synthetic-scenes and --num-workers must be >= 0")
         if not 0.0 <= self.synthetic_fraction <= 1.0:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions
+from hybrids.apps.core.run_options import RunOptions, require_at_least_one
 from hybrids.apps.medical.dino_vit import VIT_INPUTS, DINOViTConfig
 
 __all__ = ["ARCHS", "DINOConfig", "DINOResult", "pretrain_dino"]
@@ -103,9 +103,9 @@ class DINOConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` (one line naming the flag) for values no run can use."""
-        for flag in ("epochs", "steps_per_epoch", "batch_size", "image_size", "out_dim", "head_hidden_dim"):
-            if getattr(self, flag) < 1:
-                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        require_at_least_one(
+            self, "epochs", "steps_per_epoch", "batch_size", "image_size", "out_dim", "head_hidden_dim"
+        )
         for flag in ("cases", "embed_dim", "depth", "heads"):
             value = getattr(self, flag)
             if value is not None and value < 1:

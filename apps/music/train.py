@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions, TrainResult
+from hybrids.apps.core.run_options import RunOptions, TrainResult, require_at_least_one
 
 __all__ = ["PRESETS", "TrainConfig", "TrainResult", "train"]
 
@@ -91,9 +91,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` (one line naming the flag) for values no run can use."""
-        for name in ("steps", "batch_size", "valid_every", "epoch_steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, "steps", "batch_size", "valid_every", "epoch_steps")
         for name in ("lr", "segment", "valid_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:

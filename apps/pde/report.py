@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrids.apps.core.errors import InputError
+from hybrids.apps.core.run_options import require_at_least_one
 
 __all__ = ["ReportConfig", "ReportResult", "forward_case", "report"]
 
@@ -504,9 +505,7 @@ def report(config: ReportConfig) -> ReportResult:
 
     if not config.equal_params and not config.equal_time:
         raise InputError("give the models to compare with --equal-params and/or --equal-time")
-    for flag in ("steps", "windows", "test_trajectories", "threads", "interval"):
-        if getattr(config, flag) < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(config, flag)}")
+    require_at_least_one(config, "steps", "windows", "test_trajectories", "threads", "interval")
     check_output_folder(config.out)
     if config.page is not None:
         check_output_folder(config.page.parent)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.apps.core.errors import InputError
-from hybrids.apps.core.run_options import RunOptions, TrainResult
+from hybrids.apps.core.run_options import RunOptions, TrainResult, require_at_least_one
 
 logger = logging.getLogger("hybrids.pde.train")
 
@@ -62,7 +62,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` (one line naming the flag) for values no run can use."""
-        for flag in (
+        require_at_least_one(
+            self,
             "test_trajectories",
             "interval",
             "steps",
@@ -71,9 +72,7 @@ class TrainConfig:
             "val_every",
             "val_steps",
             "val_windows",
-        ):
-            if getattr(self, flag) < 1:
-                raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        )
         if not self.lr > 0 or self.weight_decay < 0 or not self.clip > 0:
             raise InputError("--lr and --clip must be > 0, --weight-decay >= 0")
         if self.loss not in LOSSES:
